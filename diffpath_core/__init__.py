@@ -1,0 +1,17 @@
+"""diffpath_core: zero-shot anomaly detection from the denoising paths of one pretrained diffusion model.
+
+    from diffpath_core import DiffPathV2, load_dataset
+    det = DiffPathV2("fashion_mnist").fit(load_dataset("fashion_mnist", "train", limit=1000))
+    scores = det.score_samples(load_dataset("digits", "test"))   # higher = more in-distribution
+"""
+from .api import DEFAULT_V2, DiffPath, DiffPathV2
+from .data import ImageSet, load_dataset, load_image_folder, load_images
+from .features import V2Formulation
+from .metrics import all_metrics, auroc, fpr_at_tpr
+from .models import DiffusionModel, load_model
+from .trajectory import invert
+
+__all__ = ["DiffPath", "DiffPathV2", "DEFAULT_V2", "V2Formulation", "ImageSet", "load_dataset",
+           "load_image_folder", "load_images", "all_metrics", "auroc", "fpr_at_tpr", "DiffusionModel",
+           "load_model", "invert"]
+__version__ = "0.1.0"

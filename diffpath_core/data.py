@@ -336,7 +336,10 @@ def load_dataset(name: str, split: str = "test", *, size: int = 32, channels: in
         raw, labels = raw[keep], labels[keep]
     if limit is not None and limit < len(raw):
         idx = np.sort(np.random.default_rng(seed).choice(len(raw), size=limit, replace=False))
-        raw, labels = raw[idx], labels[idx]
+        labels = labels[idx]
+        raw = raw.decode(idx, size) if hasattr(raw, "decode") else raw[idx]
+    elif hasattr(raw, "decode"):  # image files decoded on demand (paper datasets)
+        raw = raw.decode(range(len(raw)), size)
     images = resize(convert_channels(uint8_to_model_range(raw), channels, name), size)
     identity = _identity(name, split, _array_digest(raw), size, channels, "bilinear-aa")
     return ImageSet(name, split, images, labels, identity,
