@@ -64,7 +64,7 @@ def extract_path_statistics(model: DiffusionModel, images: ImageSet | torch.Tens
                             clip: bool = True, precision: str = "fp32", batch_size: int = 64,
                             cache_dir: str | os.PathLike | None = None, progress: bool = True,
                             desc: str | None = None, rank: int = 0, world: int = 1,
-                            network=None) -> dict[str, np.ndarray] | None:
+                            network=None, chunk_size: int = CHUNK_SIZE) -> dict[str, np.ndarray] | None:
     """Path statistics of every image (see :func:`features.path_statistics`), from cache when present.
 
     Returns the merged statistics, or ``None`` for a shard whose peers have not finished yet.
@@ -79,7 +79,10 @@ def extract_path_statistics(model: DiffusionModel, images: ImageSet | torch.Tens
                          f"{(model.in_channels, model.image_size, model.image_size)}")
     identity = identity or tensor_identity(x)
     settings = trajectory_settings(k, clip, precision)
-    n_chunks = (len(x) + CHUNK_SIZE - 1) // CHUNK_SIZE
+    entry = Path(cache_dir) / f"{name}-{entry_key(model, settings, identity)}" if cache_dir is not None else None
+    if entry is not None and (entry / "meta.json").exists():  # resume with the chunking the entry began with
+        chunk_size = int(json.loads((entry / "meta.json").read_text())["chunk_size"])
+    n_chunks = (len(x) + chunk_size - 1) // chunk_size
 
     def compute(lo: int, hi: int) -> dict[str, np.ndarray]:
         parts = []
@@ -95,16 +98,15 @@ def extract_path_statistics(model: DiffusionModel, images: ImageSet | torch.Tens
             raise ValueError("sharded extraction needs a cache_dir to merge through")
         out = []
         for i in tqdm(mine, desc=label, unit="chunk", disable=not progress, dynamic_ncols=True):
-            out.append(compute(i * CHUNK_SIZE, min((i + 1) * CHUNK_SIZE, len(x))))
+            out.append(compute(i * chunk_size, min((i + 1) * chunk_size, len(x))))
         return {key: np.concatenate([o[key] for o in out]) for key in out[0]}
 
-    entry = Path(cache_dir) / f"{name}-{entry_key(model, settings, identity)}"
     final = entry / "stats.npz"
     if final.exists():
         return _load_npz(final)
     chunks = entry / "chunks"
     chunks.mkdir(parents=True, exist_ok=True)
-    meta = {"dataset": name, "identity": identity, "n_images": len(x), "chunk_size": CHUNK_SIZE,
+    meta = {"dataset": name, "identity": identity, "n_images": len(x), "chunk_size": chunk_size,
             "model": model.source, "model_hash": model.weights_hash(), "settings": settings,
             "schedule": model.schedule(k).as_dict(), "torch": torch.__version__}
     if not (entry / "meta.json").exists():
@@ -114,10 +116,10 @@ def extract_path_statistics(model: DiffusionModel, images: ImageSet | torch.Tens
                disable=not progress, dynamic_ncols=True)
     for i in todo:
         t0 = time.perf_counter()
-        stats = compute(i * CHUNK_SIZE, min((i + 1) * CHUNK_SIZE, len(x)))
-        atomic_savez(chunks / f"{i:05d}.npz", stats)
+        lo, hi = i * chunk_size, min((i + 1) * chunk_size, len(x))
+        atomic_savez(chunks / f"{i:05d}.npz", compute(lo, hi))
         bar.update(1)
-        bar.set_postfix(img_per_s=f"{(min((i + 1) * CHUNK_SIZE, len(x)) - i * CHUNK_SIZE) / (time.perf_counter() - t0):.1f}")
+        bar.set_postfix(img_per_s=f"{(hi - lo) / (time.perf_counter() - t0):.1f}")
     bar.close()
     return merge_chunks(entry, n_chunks)
 

@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto")
     t.add_argument("--quiet", action="store_true")
 
+    d = sub.add_parser("download", help="download paper datasets into the data folder (needs internet)")
+    d.add_argument("names", nargs="+", help="cifar10 cifar100 svhn textures tinyimagenet (CelebA is manual)")
+    d.add_argument("--data-dir", default=None, help="default: $DIFFPATH_DATA or ~/.cache/diffpath/datasets")
+
     sub.add_parser("datasets", help="list registered datasets")
     sub.add_parser("models", help="list shipped base models")
     return parser
@@ -183,6 +187,16 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_download(args) -> int:
+    from .paper_datasets import SOURCES, ensure
+
+    for name in args.names:
+        if name not in SOURCES:
+            raise SystemExit(f"diffpath download: unknown paper dataset {name!r}; known: {', '.join(SOURCES)}")
+        print(f"{name}: {ensure(name, args.data_dir, download=True)}")
+    return 0
+
+
 def cmd_datasets(args) -> int:
     from .data import DATASETS, _register_paper_datasets
 
@@ -208,7 +222,7 @@ def main(argv=None) -> int:
 
     args = build_parser().parse_args(argv)
     handler = {"features": cmd_features, "evaluate": cmd_evaluate, "select": cmd_select, "train": cmd_train,
-               "datasets": cmd_datasets, "models": cmd_models}[args.command]
+               "download": cmd_download, "datasets": cmd_datasets, "models": cmd_models}[args.command]
     try:
         return handler(args)
     except DiffPathError as exc:

@@ -72,7 +72,7 @@ def check_images(images: torch.Tensor, source: str) -> torch.Tensor:
 
 def uint8_to_model_range(array: np.ndarray) -> torch.Tensor:
     """(N, H, W) or (N, H, W, C) uint8 → (N, C, H, W) float32 in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(array))
+    x = torch.from_numpy(np.array(array, copy=True))
     if x.ndim == 3:
         x = x.unsqueeze(-1)
     return x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)

@@ -21,16 +21,24 @@ STATS_VERSION = "pathstats-v1"  # bump when path_statistics changes: old cache e
 SSIM_WINDOW = 11  # Gaussian window, sigma 1.5 (kornia's and scikit-image's convention)
 
 
+def _symmetric_pad(x: torch.Tensor, r: int) -> torch.Tensor:
+    """Half-sample symmetric padding (scipy's 'reflect': … b a | a b …), which torch lacks."""
+    x = torch.cat([x[..., :r].flip(-1), x, x[..., -r:].flip(-1)], dim=-1)
+    return torch.cat([x[..., :r, :].flip(-2), x, x[..., -r:, :].flip(-2)], dim=-2)
+
+
 def ssim_map(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
     """Per-pixel SSIM of two (N, C, H, W) batches, per channel then averaged over channels → (N, 1, H, W).
 
-    kornia's Gaussian-window SSIM with reflect padding; equals scikit-image's
+    kornia's Gaussian-window SSIM (σ = 1.5, 11 taps) on symmetrically padded images, 'valid' mode:
+    the same map, borders included, as scikit-image's
     ``structural_similarity(full=True, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``.
     """
     import kornia
 
-    s = kornia.metrics.ssim(a.float().contiguous(), b.float().contiguous(), SSIM_WINDOW,
-                            max_val=data_range, eps=0.0)
+    r = SSIM_WINDOW // 2
+    s = kornia.metrics.ssim(_symmetric_pad(a.float(), r).contiguous(), _symmetric_pad(b.float(), r).contiguous(),
+                            SSIM_WINDOW, max_val=data_range, eps=0.0, padding="valid")
     return s.mean(dim=1, keepdim=True)
 
 

@@ -139,52 +139,64 @@ def _module_map(cfg: ImprovedDiffusionConfig) -> dict[str, tuple[str, str]]:
     return m
 
 
-def convert_state_dict(state: dict[str, torch.Tensor], cfg: ImprovedDiffusionConfig) -> dict[str, torch.Tensor]:
-    """Rename and reshape an improved-diffusion state dict into diffusers' ``UNet2DModel`` layout."""
+def convert_state_dict(state: dict[str, torch.Tensor], cfg: ImprovedDiffusionConfig,
+                       expected: dict[str, torch.Tensor] | None = None, source: str = "checkpoint"
+                       ) -> dict[str, torch.Tensor]:
+    """Rename and reshape an improved-diffusion state dict into diffusers' ``UNet2DModel`` layout.
+
+    With ``expected`` (the target model's state dict) every weight is checked as it is converted, in
+    checkpoint order, so the error names the first key whose place or shape disagrees with ``cfg``.
+    """
     modules = _module_map(cfg)
     out: dict[str, torch.Tensor] = {}
+
+    def mismatch(key: str, why: str) -> CheckpointError:
+        return CheckpointError(f"{source}: config does not match weights at {key!r}: {why} "
+                               f"(config {cfg.to_dict()})")
+
+    def put(key: str, name: str, value: torch.Tensor) -> None:
+        if expected is not None:
+            if name not in expected:
+                raise mismatch(key, f"the configured model has no weight {name!r}")
+            if tuple(expected[name].shape) != tuple(value.shape):
+                raise mismatch(key, f"checkpoint has shape {tuple(value.shape)}, the configured model expects "
+                                    f"{tuple(expected[name].shape)}")
+        out[name] = value
+
     for key, value in state.items():
         prefix, _, param = key.rpartition(".")  # param: weight / bias
         src = next((p for p in modules if prefix == p or prefix.startswith(p + ".")), None)
         if src is None:
-            raise CheckpointError(f"checkpoint key {key!r} has no place in an improved-diffusion UNet with "
-                                  f"config {cfg.to_dict()}")
+            raise mismatch(key, "no layer of the configured network sits there")
         dst, kind = modules[src]
         inner = prefix[len(src) + 1:]
         if kind == "plain":
-            out[f"{dst}.{param}"] = value
+            put(key, f"{dst}.{param}", value)
         elif kind == "resnet":
             if inner not in _RESNET:
-                raise CheckpointError(f"checkpoint key {key!r}: unknown ResBlock layer {inner!r}")
-            out[f"{dst}.{_RESNET[inner]}.{param}"] = value
+                raise mismatch(key, f"expected a ResBlock layer, found {inner!r}")
+            put(key, f"{dst}.{_RESNET[inner]}.{param}", value)
         elif inner == "norm":
-            out[f"{dst}.group_norm.{param}"] = value
+            put(key, f"{dst}.group_norm.{param}", value)
         elif inner == "proj_out":
-            out[f"{dst}.to_out.0.{param}"] = value.reshape(value.shape[0], -1) if param == "weight" else value
+            put(key, f"{dst}.to_out.0.{param}", value.reshape(value.shape[0], -1) if param == "weight" else value)
         elif inner == "qkv":
             width = value.shape[0] // 3
             if width % cfg.num_heads:
-                raise CheckpointError(f"checkpoint key {key!r}: {width} channels do not split into "
-                                      f"{cfg.num_heads} heads")
+                raise mismatch(key, f"{width} channels do not split into {cfg.num_heads} heads")
             per_head = value.reshape(cfg.num_heads, 3, width // cfg.num_heads, -1)
             for i, name in enumerate(("to_q", "to_k", "to_v")):
                 part = per_head[:, i].reshape(width, -1)
-                out[f"{dst}.{name}.{param}"] = part if param == "weight" else part.reshape(width)
+                put(key, f"{dst}.{name}.{param}", part if param == "weight" else part.reshape(width))
         else:
-            raise CheckpointError(f"checkpoint key {key!r}: unknown attention layer {inner!r}")
+            raise mismatch(key, f"expected an attention layer, found {inner!r}")
     return out
 
 
-def load_converted(unet, converted: dict[str, torch.Tensor], source: str) -> None:
-    """Load converted weights, failing with the first key whose name or shape does not fit."""
+def load_converted(unet, state: dict[str, torch.Tensor], cfg: ImprovedDiffusionConfig, source: str) -> None:
+    """Convert and load improved-diffusion weights, failing at the first key that does not fit ``cfg``."""
     expected = unet.state_dict()
-    for key, value in converted.items():
-        if key not in expected:
-            raise CheckpointError(f"{source}: weight {key!r} does not exist in the configured model; "
-                                  "the config does not match the checkpoint")
-        if tuple(expected[key].shape) != tuple(value.shape):
-            raise CheckpointError(f"{source}: config does not match weights at {key!r}: checkpoint has shape "
-                                  f"{tuple(value.shape)}, the configured model expects {tuple(expected[key].shape)}")
+    converted = convert_state_dict(state, cfg, expected, source)
     missing = [k for k in expected if k not in converted]
     if missing:
         raise CheckpointError(f"{source}: checkpoint lacks {len(missing)} weight(s) the config needs, "

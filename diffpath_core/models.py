@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
-from .improved_diffusion import PRESETS, ImprovedDiffusionConfig, build_unet, convert_state_dict, load_converted
+from .improved_diffusion import PRESETS, ImprovedDiffusionConfig, build_unet, load_converted
 from .schedule import TrajectorySchedule
 
 PROJECT_MODELS = Path(__file__).resolve().parent.parent / "data" / "models"
@@ -130,7 +130,7 @@ def load_improved_diffusion(path: str | os.PathLike, config: str | ImprovedDiffu
         raise CheckpointError(f"unknown improved-diffusion preset {config!r}; known: {sorted(PRESETS)}")
     state = load_state_dict_file(path)
     unet = build_unet(cfg)
-    load_converted(unet, convert_state_dict(state, cfg), str(path))
+    load_converted(unet, state, cfg, str(path))
     model = DiffusionModel(unet.eval(), cfg.alphas_cumprod(), cfg.timestep_scale,
                            source={"kind": "improved-diffusion", "name": Path(path).stem, "path": str(path),
                                    "config": cfg.to_dict()})

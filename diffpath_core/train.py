@@ -91,9 +91,11 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, export_dir: str | os.Pat
     start, losses, elapsed = 0, [], 0.0
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=dev, weights_only=True)
-        if state["config"] != _jsonable(cfg):
+        if _resume_key(state["config"]) != _resume_key(_jsonable(cfg)):
             raise ValueError(f"{ckpt_path} was written by a run with another configuration; "
                              "use a new run directory or delete the checkpoint")
+        if cfg.steps < int(state["step"]):
+            raise ValueError(f"{ckpt_path} is already at step {state['step']}, past the requested {cfg.steps}")
         unet.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
@@ -139,6 +141,11 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, export_dir: str | os.Pat
     if export_dir is not None:
         export(ema, scheduler, cfg, data, losses, elapsed, Path(export_dir))
     return ckpt_path
+
+
+def _resume_key(config: dict) -> dict:
+    """What must agree for a checkpoint to be resumed: everything but the run length and save period."""
+    return {k: v for k, v in config.items() if k not in ("steps", "checkpoint_every")}
 
 
 def _jsonable(cfg: TrainConfig) -> dict:

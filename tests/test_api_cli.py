@@ -1,0 +1,90 @@
+"""The three-line API, the detectors, the evaluation table and the command line, on a tiny model."""
+import numpy as np
+import pytest
+import torch
+
+from diffpath_core import DiffPath, DiffPathV2, V2Formulation
+from diffpath_core.cli import main
+from diffpath_core.detectors import GMMDetector, KDEDetector
+from diffpath_core.features import amplified_error, diffpathv2_features
+
+
+def _sets():
+    g = torch.Generator().manual_seed(0)
+    smooth = lambda n: torch.nn.functional.avg_pool2d(torch.rand(n, 1, 16, 16, generator=g) * 2 - 1, 3, 1, 1)  # noqa
+    return smooth(48).clamp(-1, 1) * 0.3, smooth(32).clamp(-1, 1) * 0.3, torch.rand(32, 1, 16, 16, generator=g) * 2 - 1
+
+
+@pytest.mark.parametrize("make", [lambda m: DiffPath(m, "1d", k=4, progress=False),
+                                  lambda m: DiffPath(m, "6d", k=4, progress=False),
+                                  lambda m: DiffPathV2(m, k=4, progress=False)])
+def test_three_line_api_separates_noise_from_smooth_images(tiny_model, make):
+    train, test, noise = _sets()
+    det = make(tiny_model).fit(train)
+    s_id, s_ood = det.score_samples(test), det.score_samples(noise)
+    assert s_id.shape == (32,) and np.isfinite(s_id).all()
+    assert s_id.mean() > s_ood.mean()
+
+
+def test_unfitted_detector_says_so(tiny_model):
+    with pytest.raises(RuntimeError, match="not fitted"):
+        DiffPathV2(tiny_model, k=2, progress=False).score_samples(torch.zeros(2, 1, 16, 16))
+
+
+def test_v2_components_switch(tiny_model):
+    train, _, _ = _sets()
+    stats = DiffPath(tiny_model, k=4, progress=False).path_statistics(train)
+    off = amplified_error(stats, V2Formulation(ssim="off"))
+    prod = amplified_error(stats, V2Formulation(ssim="product"))
+    amp = amplified_error(stats, V2Formulation(ssim="amplify", lam=2.0))
+    np.testing.assert_allclose(amp, off + 2.0 * prod)
+    assert (prod <= off + 1e-9).all(), "D ∈ [0, 1] so D·r² ≤ r²"
+    eps = amplified_error(stats, V2Formulation(error="eps", ssim="off"))
+    np.testing.assert_allclose(eps, stats["eps_s2"])
+    assert diffpathv2_features(stats, V2Formulation(dims="1d")).shape == (48, 1)
+    assert diffpathv2_features(stats, V2Formulation(aggregate="per_step")).shape == (48, 8)
+    with pytest.raises(ValueError, match="per-step"):
+        V2Formulation(aggregate="per_step", dims="1d")
+
+
+def test_detectors_choose_by_cross_validation():
+    rng = np.random.default_rng(0)
+    two_blobs = np.r_[rng.normal(-3, 0.3, (200, 2)), rng.normal(3, 0.3, (200, 2))]
+    gmm = GMMDetector(components=(1, 2, 4), covariance_types=("full",), cv=3).fit(two_blobs)
+    assert gmm.best_params_["n_components"] >= 2
+    assert gmm.score_samples([[3, 3]])[0] > gmm.score_samples([[0, 0]])[0]
+    kde = KDEDetector().fit(rng.normal(0, 1, 300))
+    assert kde.bandwidth_ in kde.grid
+    assert kde.score_samples([0.0])[0] > kde.score_samples([5.0])[0]
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        KDEDetector().fit([1.0, np.nan, 2.0])
+
+
+def test_cli_help_and_evaluate(tiny_model_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "Zero-shot anomaly detection" in capsys.readouterr().out
+    for name, scale in (("smooth", 0.3), ("noise", 1.0)):
+        folder = tmp_path / name
+        folder.mkdir()
+        from PIL import Image
+        rng = np.random.default_rng(1)
+        for i in range(12):
+            arr = rng.normal(128, 128 * scale, (16, 16)).clip(0, 255).astype(np.uint8)
+            Image.fromarray(arr, "L").save(folder / f"{i:02d}.png")
+    out = tmp_path / "table.csv"
+    code = main(["evaluate", "--model", str(tiny_model_dir), "--id", str(tmp_path / "smooth"), "--ood",
+                 str(tmp_path / "noise"), "-k", "3", "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
+                 "--quiet", "--methods", "DiffPath-1D", "DiffPathV2", "Reconstruction"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "AUROC" in printed and "FPR at 95% TPR" in printed and "average" in printed
+    rows = out.read_text().splitlines()
+    assert rows[0].startswith("id,ood,method,auroc,fpr95,aupr_in,aupr_out") and len(rows) == 4
+
+
+def test_cli_reports_errors_cleanly(tmp_path, capsys):
+    missing = tmp_path / "nothing.pt"
+    code = main(["evaluate", "--model", str(missing), "--id", "digits", "--ood", "glyphs"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("diffpath: error:") and f"checkpoint {missing} not found" in err

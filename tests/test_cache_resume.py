@@ -1,0 +1,85 @@
+"""A killed extraction resumes from its finished chunks and ends with the uninterrupted result."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import diffpath_core.cache as cache
+from diffpath_core.cache import extract_path_statistics
+
+N, CHUNK = 48, 8  # six chunks
+
+
+def _images():
+    g = torch.Generator().manual_seed(7)
+    return torch.rand(N, 1, 16, 16, generator=g) * 2 - 1
+
+
+def test_kill_and_resume(tiny_model_dir, tiny_model, tmp_path):
+    cache_dir = tmp_path / "cache"
+    torch.save(_images(), tmp_path / "images.pt")
+    # A child process extracts slowly (0.4 s per batch) and is SIGKILLed after two chunks are on disk.
+    script = textwrap.dedent(f"""
+        import time, torch
+        import diffpath_core.cache as cache
+        from diffpath_core.models import load_diffusers
+        slow = cache.invert
+        def invert(*a, **k):
+            time.sleep(0.4)
+            return slow(*a, **k)
+        cache.invert = invert
+        model = load_diffusers({str(tiny_model_dir)!r}, device="cpu")
+        x = torch.load({str(tmp_path / 'images.pt')!r}, weights_only=True)
+        cache.extract_path_statistics(model, x, k=3, batch_size=4, cache_dir={str(cache_dir)!r},
+                                      progress=False, chunk_size={CHUNK})
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": os.getcwd()})
+    deadline = time.time() + 120
+    chunks = lambda: sorted(cache_dir.glob("*/chunks/[0-9]*.npz"))  # noqa: E731
+    while len(chunks()) < 2 and time.time() < deadline and child.poll() is None:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    done_before = len(chunks())
+    assert 2 <= done_before < N // CHUNK, "the child should have been killed midway"
+    assert not list(cache_dir.glob("*/stats.npz"))
+    mtimes = {p.name: p.stat().st_mtime_ns for p in chunks()}
+
+    calls = []
+    real = cache.invert
+
+    def counting(model, x, *a, **k):
+        calls.append(len(x))
+        return real(model, x, *a, **k)
+
+    cache.invert = counting
+    try:
+        resumed = extract_path_statistics(tiny_model, _images(), k=3, batch_size=4, cache_dir=cache_dir,
+                                          progress=False, chunk_size=CHUNK)
+    finally:
+        cache.invert = real
+    assert sum(calls) == N - done_before * CHUNK, "finished chunks must not be recomputed"
+    assert all(p.stat().st_mtime_ns == mtimes[p.name] for p in chunks() if p.name in mtimes)
+
+    fresh = extract_path_statistics(tiny_model, _images(), k=3, batch_size=4, progress=False)
+    assert set(resumed) == set(fresh)
+    for key in fresh:
+        np.testing.assert_array_equal(resumed[key], fresh[key], err_msg=key)
+
+
+def test_cache_hit_and_key(tiny_model, tiny_images, tmp_path):
+    a = extract_path_statistics(tiny_model, tiny_images, k=3, cache_dir=tmp_path, progress=False)
+    entries = list(tmp_path.iterdir())
+    assert len(entries) == 1 and (entries[0] / "stats.npz").exists() and (entries[0] / "meta.json").exists()
+    b = extract_path_statistics(tiny_model, tiny_images, k=3, cache_dir=tmp_path, progress=False)
+    np.testing.assert_array_equal(a["eps_s2"], b["eps_s2"])
+    extract_path_statistics(tiny_model, tiny_images, k=4, cache_dir=tmp_path, progress=False)
+    extract_path_statistics(tiny_model, tiny_images[:-1], k=3, cache_dir=tmp_path, progress=False)
+    assert len(list(tmp_path.iterdir())) == 3, "other K or other images must not hit the same entry"
+    assert not list(Path(tmp_path).rglob("*.tmp"))
