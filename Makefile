@@ -1,0 +1,41 @@
+# One entry point. `make book` and `make test` create the environment themselves (.venv).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PROFILE ?= offline
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: env book notebooks html test browser-deps bench clean-book
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[book,dev]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+## book: run every notebook with papermill for PROFILE (default offline), then build the HTML (warnings are errors)
+book: notebooks html
+
+notebooks: $(STAMP)
+	$(PY) -m diffpath_core.book --profile $(PROFILE)
+
+html: $(STAMP)
+	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going --quiet
+
+## test: the whole test suite on CPU (installs Chromium for the browser check where missing)
+test: $(STAMP) browser-deps
+	$(PY) -m pytest -q
+
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium missing: install Debian's chromium package for the browser test"; fi; }
+
+## bench: throughput and overhead figures (prints, never asserts)
+bench: $(STAMP)
+	$(PY) benchmarks/throughput.py
+
+clean-book:
+	rm -rf _build book/generated results/$(PROFILE)
