@@ -51,6 +51,14 @@ class _TrajectoryDetector:
     def features(self, images: Images) -> np.ndarray:
         return self.features_from_statistics(self.path_statistics(images))
 
+    def token(self) -> str:
+        """Everything that decides this detector's scores, given the statistics (for the score cache)."""
+        det = self.detector if self.detector is not None else make_detector(self.detector_kind)
+        return f"{type(self).__name__}|{self.features_token()}|{det.token()}"
+
+    def features_token(self) -> str:
+        raise NotImplementedError
+
     # -- density
     def fit_statistics(self, stats: dict[str, np.ndarray]):
         self.detector_ = self.detector if self.detector is not None else make_detector(self.detector_kind)
@@ -88,6 +96,9 @@ class DiffPath(_TrajectoryDetector):
     def name(self) -> str:
         return f"DiffPath-{self.variant.upper()}"
 
+    def features_token(self) -> str:
+        return self.variant
+
     def features_from_statistics(self, stats):
         return diffpath_features(stats, self.variant)
 
@@ -103,6 +114,9 @@ class DiffPathV2(_TrajectoryDetector):
     @property
     def name(self) -> str:
         return "DiffPathV2" if self.formulation == DEFAULT_V2 else f"DiffPathV2[{self.formulation.label()}]"
+
+    def features_token(self) -> str:
+        return repr(self.formulation.as_dict())
 
     def features_from_statistics(self, stats):
         return diffpathv2_features(stats, self.formulation)

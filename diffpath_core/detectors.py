@@ -55,6 +55,9 @@ class KDEDetector:
     def score_samples(self, features) -> np.ndarray:
         return self.kde_.score_samples(self.scaler_.transform(_as_2d(features, "KDE score")))
 
+    def token(self) -> str:
+        return f"kde{self.bandwidth}{self.grid}cv{self.cv}"
+
     def describe(self) -> str:
         return f"Gaussian KDE, bandwidth {self.bandwidth_:g} (standardised)"
 
@@ -66,8 +69,8 @@ class GMMDetector:
     code: components (50, 100), all four covariance types, 10 folds; ``GMMDetector.reference()``).
     """
 
-    def __init__(self, components=(1, 2, 4, 8, 16, 32), covariance_types=("full", "tied", "diag", "spherical"),
-                 cv: int = 5, max_iter: int = 200, seed: int = 0, n_jobs: int | None = None):
+    def __init__(self, components=(1, 2, 4, 8, 16), covariance_types=("full", "tied", "diag", "spherical"),
+                 cv: int = 3, max_iter: int = 200, seed: int = 0, n_jobs: int | None = None):
         self.components, self.covariance_types = tuple(components), tuple(covariance_types)
         self.cv, self.max_iter, self.seed, self.n_jobs = cv, max_iter, seed, n_jobs
 
@@ -91,6 +94,9 @@ class GMMDetector:
 
     def score_samples(self, features) -> np.ndarray:
         return self.model_.score_samples(_as_2d(features, "GMM score"))
+
+    def token(self) -> str:
+        return f"gmm{self.components}{self.covariance_types}cv{self.cv}it{self.max_iter}s{self.seed}"
 
     def describe(self) -> str:
         p = self.best_params_

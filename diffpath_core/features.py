@@ -47,6 +47,21 @@ def dissimilarity(x0: torch.Tensor, x0_hat: torch.Tensor) -> torch.Tensor:
     return (1.0 - ssim_map(x0, x0_hat)) * 0.5
 
 
+# ----------------------------------------------------------------------------- maps along a trajectory
+
+def score_error(traj: Trajectory) -> torch.Tensor:
+    """r_k = ε_k − ε̃_k = √(ᾱ_k/(1−ᾱ_k)) (x0 − x̂0_k), (B, K, C, H, W): model noise minus the noise x_k carries."""
+    c = traj.schedule.coefficients(traj.eps.device)
+    return c["snr_sqrt"].view(1, -1, 1, 1, 1) * (traj.x0[:, None] - traj.x0_hat)
+
+
+def dissimilarity_maps(traj: Trajectory) -> torch.Tensor:
+    """D_k between the image and each denoised estimate, (B, K, 1, H, W)."""
+    b, k, ch, h, w = traj.x0_hat.shape
+    x0_rep = traj.x0[:, None].expand_as(traj.x0_hat).reshape(b * k, ch, h, w)
+    return dissimilarity(x0_rep, traj.x0_hat.reshape(b * k, ch, h, w)).reshape(b, k, 1, h, w)
+
+
 # ----------------------------------------------------------------------------- path statistics
 
 def _moments(t: torch.Tensor, prefix: str) -> dict[str, torch.Tensor]:
@@ -68,17 +83,13 @@ def path_statistics(traj: Trajectory) -> dict[str, torch.Tensor]:
     rec_s2  (B, K)   Σ (x0 − x̂0_k)²: the reconstruction error (a baseline, not part of either method)
     """
     k = traj.schedule.k
-    c = traj.schedule.coefficients(traj.eps.device)
     eps = traj.eps
     stats = _moments(eps, "eps")
     stats.update(_moments((eps[:, 1:] - eps[:, :-1]) * k, "deps"))
-    # r_k = √(ᾱ/(1−ᾱ)) (x0 − x̂0_k): the model's noise estimate minus the noise x_k actually carries.
-    err = c["snr_sqrt"].view(1, k, 1, 1, 1) * (traj.x0[:, None] - traj.x0_hat)
+    err = score_error(traj)
     stats.update(_moments(err, "err"))
     stats["rec_s2"] = ((traj.x0[:, None] - traj.x0_hat).double() ** 2).sum((2, 3, 4))
-    b, _, ch, h, w = traj.x0_hat.shape
-    x0_rep = traj.x0[:, None].expand_as(traj.x0_hat).reshape(b * k, ch, h, w)
-    d = dissimilarity(x0_rep, traj.x0_hat.reshape(b * k, ch, h, w)).reshape(b, k, 1, h, w).double()
+    d = dissimilarity_maps(traj).double()
     stats["d_sum"] = d.sum((2, 3, 4))
     stats["d_err2"] = (d * err.double() ** 2).sum((2, 3, 4))
     stats["d_eps2"] = (d * eps.double() ** 2).sum((2, 3, 4))

@@ -1,0 +1,102 @@
+"""Run the book's notebooks with papermill for one profile.
+
+    python -m diffpath_core.book --profile offline            # what `make book` does first
+    python -m diffpath_core.book --profile paper --set model=/path/to/celeba.pt
+
+A profile is a YAML file of notebook parameters (``profiles/<name>.yaml``, or a path). Executed
+copies go to ``book/generated/`` (the pages jupyter-book builds); tables and figures to the
+profile's ``results_dir``. For the paper profile, missing datasets or checkpoints stop the run
+before any notebook starts, with one message listing what to get and where to put it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ("00_quickstart", "01_base_model", "02_trajectories", "03_main_results", "04_ablations",
+             "05_paper_comparison")
+GENERATED = ROOT / "book" / "generated"
+
+
+def load_profile(name_or_path: str, overrides: dict | None = None) -> dict:
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = ROOT / "profiles" / f"{name_or_path}.yaml"
+    if not path.exists():
+        known = ", ".join(p.stem for p in sorted((ROOT / "profiles").glob("*.yaml")))
+        raise SystemExit(f"profile {name_or_path!r} not found (known: {known})")
+    params = yaml.safe_load(path.read_text())
+    params.update(overrides or {})
+    return params
+
+
+def preflight(params: dict) -> list[str]:
+    """Everything the profile needs that is not here, as one line each (checked before any work)."""
+    from .data import DATASETS, _register_paper_datasets
+    from .models import shipped_models
+    from .paper_datasets import check_available
+
+    _register_paper_datasets()
+    names = list(params.get("datasets", [])) + [n for pair in params.get("extra_pairs", []) for n in pair]
+    problems = [f"unknown dataset {n!r}" for n in dict.fromkeys(names) if n not in DATASETS and not Path(n).is_dir()]
+    problems += check_available(dict.fromkeys(names))
+    for key in ("model", "second_model"):
+        spec = params.get(key)
+        if spec and spec not in shipped_models() and not Path(spec).exists() and "/" in str(spec) \
+                and Path(spec).suffix:
+            problems.append(f"{key}: checkpoint {spec} not found; see README 'Paper profile' for where the "
+                            f"authors publish it, then pass --set {key}=/path/to/file")
+    return problems
+
+
+def run(params: dict, only=None, output_dir: Path = GENERATED, log=print) -> list[Path]:
+    import papermill
+
+    problems = preflight(params)
+    if problems:
+        raise SystemExit("cannot run profile {!r}; nothing was computed:\n  - {}".format(
+            params.get("profile"), "\n  - ".join(problems)))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in NOTEBOOKS:
+        if only and name not in only:
+            continue
+        t0 = time.perf_counter()
+        out = output_dir / f"{name}.ipynb"
+        tmp = output_dir / f".{name}.running.ipynb"
+        papermill.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(tmp), parameters=params,
+                                   kernel_name="python3", cwd=str(ROOT), progress_bar=False, log_output=False)
+        tmp.replace(out)
+        written.append(out)
+        log(f"{name}: {time.perf_counter() - t0:.1f} s")
+    return written
+
+
+def _parse_set(items) -> dict:
+    out = {}
+    for item in items or []:
+        key, _, value = item.partition("=")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", default="offline", help="profile name in profiles/ or a YAML path")
+    p.add_argument("--only", nargs="+", help="run only these notebooks")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override profile parameters")
+    args = p.parse_args(argv)
+    params = load_profile(args.profile, _parse_set(args.set))
+    t0 = time.perf_counter()
+    run(params, args.only)
+    print(f"all notebooks: {time.perf_counter() - t0:.1f} s (profile {params['profile']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Samples from a base model (deterministic DDIM), to show what the model has learned."""
+from __future__ import annotations
+
+import torch
+
+from .models import DiffusionModel
+
+
+@torch.inference_mode()
+def generate(model: DiffusionModel, n: int = 16, steps: int = 50, seed: int = 0) -> torch.Tensor:
+    """``n`` images in [-1, 1] by DDIM sampling (η = 0) over ``steps`` evenly spaced timesteps."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    size, c = model.image_size, model.in_channels
+    x = torch.randn((n, c, size, size), generator=g).to(model.device)
+    acp = torch.as_tensor(model.alphas_cumprod, dtype=torch.float64)
+    idx = torch.linspace(model.num_train_timesteps - 1, 0, steps).round().long().tolist()
+    for i, t in enumerate(idx):
+        a = acp[t]
+        a_prev = acp[idx[i + 1]] if i + 1 < len(idx) else torch.tensor(1.0, dtype=torch.float64)
+        eps = model.predict_eps(x, t * model.timestep_scale)
+        x0 = ((x - (1 - a).sqrt().float() * eps) / a.sqrt().float()).clamp(-1, 1)
+        eps = (x - a.sqrt().float() * x0) / (1 - a).sqrt().float()
+        x = a_prev.sqrt().float() * x0 + (1 - a_prev).sqrt().float() * eps
+    return x.clamp(-1, 1).cpu()
