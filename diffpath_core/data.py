@@ -5,6 +5,7 @@ preprocessing, so the feature cache can tell two versions of "the same" dataset 
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import os
@@ -228,10 +229,11 @@ GLYPH_FONTS = {
 GLYPH_COUNTS = {"train": 3000, "test": 2000}
 
 
+@functools.lru_cache(maxsize=8)
 def render_glyphs(split: str, n: int | None = None, seed: int = 0, size: int = 32):
     """notMNIST-like letters A–J rendered with PIL from matplotlib's fonts, jittered in size and position.
 
-    Deterministic in (split, n, seed). White glyph on black, like (Fashion-)MNIST.
+    Deterministic in (split, n, seed). White glyph on black, like (Fashion-)MNIST. Memoised (read-only).
     """
     from matplotlib import get_data_path
     from PIL import Image, ImageDraw, ImageFont
@@ -260,6 +262,7 @@ def render_glyphs(split: str, n: int | None = None, seed: int = 0, size: int = 3
         y = (size - (bottom - top)) / 2 - top + shifts[i, 1] * size
         draw.text((x, y), ch, fill=255, font=font)
         out[i] = np.asarray(img)
+    out.flags.writeable = False
     return out, letters.astype(np.int64)
 
 

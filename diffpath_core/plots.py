@@ -89,11 +89,11 @@ def trajectory_panels(traj, index: int, d_maps: torch.Tensor, err_maps: torch.Te
     return fig
 
 
-def norm_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], ylabel: str, title: str):
-    """Median and interquartile band of a per-step quantity, one line per dataset; x is the timestep."""
+def norm_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], ylabel: str, title: str):
+    """Median and interquartile band of a per-step quantity (N, steps), one line per dataset; x is the timestep."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for label, (t, values, _) in curves.items():
+    for label, (t, values) in curves.items():
         q25, q50, q75 = np.percentile(values, [25, 50, 75], axis=0)
         ax.plot(t, q50, marker="o", ms=3, label=label)
         ax.fill_between(t, q25, q75, alpha=0.2)
@@ -168,4 +168,17 @@ def heatmap(table, title: str, fmt: str = ".3f", cmap: str = "viridis", vmin=Non
     ax.set_xlabel(table.columns.name or "")
     ax.set_ylabel(table.index.name or "")
     fig.tight_layout()
+    return fig
+
+
+def lines(table, xlabel: str, ylabel: str, title: str):
+    """One line per column of a DataFrame against its index (e.g. AUROC per method against K)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for column in table.columns:
+        ax.plot(table.index, table[column], marker="o", label=str(column))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
     return fig

@@ -182,3 +182,13 @@ def export(ema, scheduler, cfg: TrainConfig, data, losses: list[float], elapsed:
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)
+
+
+def export_checkpoint(run_dir: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Export the EMA weights of a run's latest checkpoint (finished or not) as a model folder."""
+    state = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=True)
+    cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()})
+    ema, scheduler = build_model(cfg)
+    ema.load_state_dict(state["ema"])
+    data = load_dataset(cfg.dataset, "train", size=cfg.image_size, channels=cfg.channels, limit=cfg.limit)
+    export(ema.eval(), scheduler, cfg, data, list(state["losses"]), float(state["elapsed"]), Path(target))
