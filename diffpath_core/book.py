@@ -71,10 +71,23 @@ def run(params: dict, only=None, output_dir: Path = GENERATED, log=print) -> lis
         tmp = output_dir / f".{name}.running.ipynb"
         papermill.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(tmp), parameters=params,
                                    kernel_name="python3", cwd=str(ROOT), progress_bar=False, log_output=False)
+        _fold_injected_parameters(tmp)
         tmp.replace(out)
         written.append(out)
         log(f"{name}: {time.perf_counter() - t0:.1f} s")
     return written
+
+
+def _fold_injected_parameters(path: Path) -> None:
+    """Let the book fold papermill's injected-parameters cell (the settings are printed below it)."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if "injected-parameters" in tags and "hide-cell" not in tags:
+            tags.append("hide-cell")
+    nbformat.write(nb, path)
 
 
 def _parse_set(items) -> dict:

@@ -55,7 +55,7 @@ def invert(model: DiffusionModel, x0: torch.Tensor, k: int = 10, clip: bool = Tr
            precision: str = "fp32", network=None) -> Trajectory:
     """Run the K-step DDIM inversion of a batch ``x0`` in [-1, 1]; returns a :class:`Trajectory`.
 
-    ``network`` optionally replaces ``model.predict_eps`` (e.g. a ``torch.compile``d version).
+    ``network`` optionally replaces ``model.predict_eps`` (for example a compiled version of it).
     """
     schedule = model.schedule(k)
     device = model.device
