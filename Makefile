@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 book: notebooks html
 
 notebooks: $(STAMP)
-	$(PY) -m diffpath_core.book --profile $(PROFILE)
+	$(PY) -m diffpath_core.book --profile $(PROFILE) $(if $(SET),--set $(SET))
 
 html: $(STAMP)
 	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going --quiet

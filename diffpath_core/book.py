@@ -46,11 +46,15 @@ def preflight(params: dict) -> list[str]:
     problems = [f"unknown dataset {n!r}" for n in dict.fromkeys(names) if n not in DATASETS and not Path(n).is_dir()]
     problems += check_available(dict.fromkeys(names))
     for key in ("model", "second_model"):
-        spec = params.get(key)
-        if spec and spec not in shipped_models() and not Path(spec).exists() and "/" in str(spec) \
-                and Path(spec).suffix:
+        spec = str(params.get(key) or "")
+        if not spec or spec in shipped_models() or Path(spec).exists():
+            continue
+        if Path(spec).suffix:
             problems.append(f"{key}: checkpoint {spec} not found; see README 'Paper profile' for where the "
                             f"authors publish it, then pass --set {key}=/path/to/file")
+        elif "/" not in spec:
+            problems.append(f"{key}: {spec!r} is not a shipped model (shipped: {', '.join(shipped_models())})")
+        # anything else is a hub id: it can only be checked online, by loading it
     return problems
 
 

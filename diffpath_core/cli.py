@@ -19,6 +19,7 @@ Typical use, on the embedded Fashion-MNIST model, CPU, a few minutes:
   diffpath evaluate --datasets fashion_mnist digits glyphs --pair fmnist_tops:fmnist_footwear
   diffpath evaluate --id fashion_mnist --ood path/to/my_images --resize
   diffpath features digits --split test --out digits_stats.npz
+  torchrun --nproc_per_node=2 -m diffpath_core.cli features cifar10 --split train   (sharded)
 
 Sources are registered dataset names (see `diffpath datasets`) or folders of images.
 Models are shipped names (see `diffpath models`), diffusers folders / hub ids, or
@@ -52,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--split", default="test", choices=("train", "test"))
     f.add_argument("--limit", type=int, default=None, help="use at most this many images (random, seeded)")
     f.add_argument("--out", default=None, help="write statistics and features to this .npz")
+    f.add_argument("--chunk-size", type=int, default=256,
+                   help="images per cache chunk, the unit of resumption and of sharding (default: %(default)s)")
     _common(f)
 
     e = sub.add_parser("evaluate", help="fit on ID train, score ID test and OOD test sets; print AUROC / FPR95")
@@ -102,21 +105,26 @@ def _model(args):
 
 
 def cmd_features(args) -> int:
-    import numpy as np
-
-    from .api import DiffPath, DiffPathV2
+    from . import distributed
+    from .api import DiffPathV2
     from .data import load_images
     from .features import diffpath_statistics
+    from .models import load_model
 
-    model = _model(args)
+    rank, world, device = distributed.setup()  # under torchrun: one shard per process / GPU
+    model = load_model(args.model, device=device if world > 1 else args.device, config=args.model_config)
     images = load_images(args.source, args.split, size=model.image_size, channels=model.in_channels,
                          limit=args.limit, resize_images=args.resize, convert=args.convert_channels)
-    det = DiffPath(model, k=args.k, batch_size=args.batch_size, precision=args.precision,
-                   cache_dir=args.cache_dir, progress=not args.quiet)
-    stats = det.path_statistics(images)
+    stats = distributed.path_statistics(model, images, cache_dir=args.cache_dir, k=args.k,
+                                        batch_size=args.batch_size, precision=args.precision,
+                                        progress=not args.quiet, chunk_size=args.chunk_size)
+    distributed.teardown()
+    if rank != 0:
+        return 0
     twelve = diffpath_statistics(stats)
     v2 = DiffPathV2(model, k=args.k).features_from_statistics(stats)
-    print(f"{len(images)} images of {images.name} ({images.split}); model {model.describe()}; K={args.k}")
+    print(f"{len(images)} images of {images.name} ({images.split}); model {model.describe()}; K={args.k}"
+          + (f"; {world} processes" if world > 1 else ""))
     for name in ("eps_sum_sq_sqrt", "deps_dt_sq_sqrt"):
         print(f"  {name:>16}: mean {twelve[name].mean():.4g}, std {twelve[name].std():.4g}")
     print(f"  DiffPathV2 features: {v2.shape[1]} per image")

@@ -1,0 +1,41 @@
+"""Profiles resolve; the paper profile stops at once offline, listing what to get and where."""
+import pytest
+
+from diffpath_core.book import load_profile, preflight, run
+from diffpath_core.data import DATASETS, _register_paper_datasets
+from diffpath_core.improved_diffusion import PRESETS, build_unet, unet_kwargs
+
+
+def test_paper_profile_resolves():
+    params = load_profile("paper")
+    _register_paper_datasets()
+    names = params["datasets"] + [n for pair in params["extra_pairs"] for n in pair]
+    assert all(n in DATASETS for n in names)
+    assert len(params["datasets"]) * (len(params["datasets"]) - 1) == 12, "the paper's 12 ordered pairs"
+    assert params["model_config"] in PRESETS and params["second_model_config"] in PRESETS
+    unet = build_unet(PRESETS[params["model_config"]])  # the CelebA-32 architecture builds
+    assert unet.config.block_out_channels == (128, 256, 256, 256) and unet.config.out_channels == 6
+    heads = {m.heads for m in unet.modules() if m.__class__.__name__ == "Attention"}
+    assert heads == {4}
+    kw = unet_kwargs(PRESETS["imagenet64"])
+    assert kw["down_block_types"] == ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D")
+
+
+def test_paper_profile_stops_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFPATH_DATA", str(tmp_path / "data"))
+    params = load_profile("paper", {"model": str(tmp_path / "celeba_ema_0.9999_499999.pt"),
+                                    "results_dir": str(tmp_path / "results")})
+    problems = preflight(params)
+    text = "\n".join(problems)
+    for name in ("cifar10", "cifar100", "svhn", "celeba", "textures", "tinyimagenet"):
+        assert f"{name}: missing" in text
+    assert "cifar-10-binary.tar.gz" in text and str(tmp_path / "data" / "cifar10") in text
+    assert "model: checkpoint" in text and "celeba_ema_0.9999_499999.pt not found" in text
+    out = tmp_path / "generated"
+    with pytest.raises(SystemExit, match="nothing was computed"):
+        run(params, output_dir=out)
+    assert not out.exists() and not (tmp_path / "results").exists()
+
+
+def test_offline_profile_has_no_problems():
+    assert preflight(load_profile("offline")) == []
