@@ -108,7 +108,7 @@ def main():
     for name, kw in options.items():
         try:
             full_extraction(ref, xr, args.k, **kw)  # warm-up / compilation
-            t = statistics.median(timed(lambda: full_extraction(ref, xr, args.k, **kw), device)
+            t = statistics.median(timed(lambda kw=kw: full_extraction(ref, xr, args.k, **kw), device)
                                   for _ in range(args.repeats))
             feats = full_extraction(ref, xr, args.k, **kw)
             f2 = np.c_[diffpath_features(feats, "6d"), diffpathv2_features(feats)]

@@ -37,6 +37,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per network call (default: %(default)s)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="network precision; fp32 is exact, bf16/fp16 autocast are faster on GPU")
+    p.add_argument("--channels-last", action="store_true",
+                   help="channels_last memory format for the network (faster on recent GPUs)")
     p.add_argument("--cache-dir", default="cache", help="feature cache folder (default: %(default)s)")
     p.add_argument("--resize", action="store_true", help="resize folder images to the model's size")
     p.add_argument("--convert-channels", action="store_true", help="convert grey↔RGB folder images")
@@ -65,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--methods", nargs="+", default=["DiffPath-1D", "DiffPath-6D", "DiffPathV2"],
                    help="DiffPath-1D DiffPath-6D DiffPathV2 Reconstruction (default: the first three)")
     e.add_argument("--n-train", type=int, default=2000, help="ID training images per set (default: %(default)s)")
-    e.add_argument("--n-test", type=int, default=2000, help="test images per set (default: %(default)s)")
+    e.add_argument("--n-test", type=int, default=1000, help="test images per set (default: %(default)s)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", default=None, help="write the full table (all metrics) as CSV")
     _common(e)
@@ -99,9 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _model(args):
+    import torch
+
     from .models import load_model
 
-    return load_model(args.model, device=args.device, config=args.model_config)
+    model = load_model(args.model, device=args.device, config=args.model_config)
+    if args.channels_last:
+        model.unet.to(memory_format=torch.channels_last)
+    return model
 
 
 def cmd_features(args) -> int:
@@ -109,10 +116,10 @@ def cmd_features(args) -> int:
     from .api import DiffPathV2
     from .data import load_images
     from .features import diffpath_statistics
-    from .models import load_model
 
     rank, world, device = distributed.setup()  # under torchrun: one shard per process / GPU
-    model = load_model(args.model, device=device if world > 1 else args.device, config=args.model_config)
+    args.device = device if world > 1 else args.device
+    model = _model(args)
     images = load_images(args.source, args.split, size=model.image_size, channels=model.in_channels,
                          limit=args.limit, resize_images=args.resize, convert=args.convert_channels)
     stats = distributed.path_statistics(model, images, cache_dir=args.cache_dir, k=args.k,

@@ -60,7 +60,7 @@ def invert(model: DiffusionModel, x0: torch.Tensor, k: int = 10, clip: bool = Tr
     schedule = model.schedule(k)
     device = model.device
     x = x0.to(device=device, dtype=torch.float32)
-    if device.type == "cuda":
+    if device.type == "cuda":  # matches a channels_last network (--channels-last); harmless otherwise
         x = x.contiguous(memory_format=torch.channels_last)
     c = schedule.coefficients(device)
     predict = network or model.predict_eps

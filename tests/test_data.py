@@ -1,7 +1,5 @@
 """Every registered dataset loads with the right shape, range and split sizes; paper loaders parse real formats."""
 import gzip
-import io
-import tarfile
 
 import numpy as np
 import pytest
