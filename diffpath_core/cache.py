@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import ImageSet, check_images
+from .errors import InputError
 from .features import STATS_VERSION, path_statistics, to_numpy
 from .models import DiffusionModel
 from .trajectory import invert
@@ -75,7 +76,7 @@ def extract_path_statistics(model: DiffusionModel, images: ImageSet | torch.Tens
         name, identity, x = "images", None, images
     x = check_images(torch.as_tensor(x), f"dataset {name!r}")
     if x.shape[1] != model.in_channels or tuple(x.shape[-2:]) != (model.image_size, model.image_size):
-        raise ValueError(f"dataset {name!r}: images are {tuple(x.shape[1:])}, the model expects "
+        raise InputError(f"dataset {name!r}: images are {tuple(x.shape[1:])}, the model expects "
                          f"{(model.in_channels, model.image_size, model.image_size)}")
     identity = identity or tensor_identity(x)
     settings = trajectory_settings(k, clip, precision)

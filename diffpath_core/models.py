@@ -146,7 +146,8 @@ def load_diffusers(path_or_id: str, device="cpu", subfolder: str | None = None) 
 
     root = Path(path_or_id)
     local = root.exists()
-    if not local and (os.sep in str(path_or_id) and not str(path_or_id).count("/") == 1):
+    looks_like_hub_id = str(path_or_id).count("/") == 1 and not str(path_or_id).startswith((".", "/", "~"))
+    if not local and not looks_like_hub_id:
         raise CheckpointError(f"model folder {path_or_id} not found")
     unet_sub = subfolder or ("unet" if (not local or (root / "unet").is_dir()) else None)
     try:
