@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -173,6 +172,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_select(args) -> int:
     from .data import load_images
+    from .evaluate import write_rows_csv
     from .validation import select_formulation
 
     model = _model(args)
@@ -182,11 +182,7 @@ def cmd_select(args) -> int:
     for i, r in enumerate(rows, 1):
         print(f"{i:>4}  {r['mean_auroc']:>10.4f}  {r['label']}")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        write_rows_csv(rows, args.out)
         print(f"wrote {args.out}")
     return 0
 

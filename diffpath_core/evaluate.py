@@ -51,6 +51,18 @@ def parse_pair(text: str) -> tuple[str, str]:
     return a, b
 
 
+def write_rows_csv(rows: list[dict], path: str | os.PathLike) -> None:
+    """Rows of dicts as CSV, written atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
 @dataclass
 class EvaluationResult:
     rows: list[dict] = field(default_factory=list)
@@ -58,14 +70,7 @@ class EvaluationResult:
     seconds: float = 0.0
 
     def write_csv(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(self.rows[0]))
-            w.writeheader()
-            w.writerows(self.rows)
-        os.replace(tmp, path)
+        write_rows_csv(self.rows, path)
 
     def table(self, metric: str = "auroc") -> str:
         """A plain-text pairs × methods table of one metric, with the average row."""
