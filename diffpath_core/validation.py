@@ -58,16 +58,16 @@ def select_formulation(model: DiffusionModel, train: ImageSet, *, val_fraction: 
     n_val = max(2, int(round(val_fraction * n)))
     val_idx, fit_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
 
-    def subset(idx, tag, images):
+    def subset(tag, images):  # the identity holds seed and n_val, which fix the split
         return ImageSet(f"{train.name}-{tag}", train.split, images, None, f"{train.identity}-{tag}-{seed}-{n_val}")
 
     def stats(s: ImageSet):
         return extract_path_statistics(model, s, k=k, cache_dir=cache_dir, progress=progress)
 
-    fit = stats(subset(fit_idx, "fit", train.images[fit_idx]))
+    fit = stats(subset("fit", train.images[fit_idx]))
     val_images = train.images[val_idx]
-    val = stats(subset(val_idx, "val", val_images))
-    outliers = {kind: stats(subset(val_idx, f"val-{kind}", synthetic_outliers(val_images, kind, seed)))
+    val = stats(subset("val", val_images))
+    outliers = {kind: stats(subset(f"val-{kind}", synthetic_outliers(val_images, kind, seed)))
                 for kind in OUTLIER_KINDS}
     rows = []
     for f in candidates or candidate_formulations():
