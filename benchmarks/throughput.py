@@ -3,16 +3,19 @@
     python benchmarks/throughput.py [--device auto] [--batch 64] [--repeats 5] [--skip-options]
 
 1. Overhead: (trajectory + SSIM + statistics) over a bare loop of K forward passes of the same
-   network on the same batch, on the shipped Fashion-MNIST model; ratio of medians, interleaved runs.
+   network on the same batch, on the shipped Fashion-MNIST model; ratio of the fastest of N interleaved runs
+   (the runs least disturbed by other load on a shared machine).
 2. The converted DiffPath reference network (3×32×32, K=10, batch 64): images/s in fp32, and the
-   options bf16 autocast and torch.compile with their speed and their largest feature difference,
-   and the AUROC difference they cause on a small Fashion-MNIST → digits run of the shipped model.
-Prints figures only: timings belong here, never in tests.
+   options bf16 autocast and torch.compile (fp32) with their speed and their largest feature
+   difference, and the AUROC difference each causes on a small Fashion-MNIST → digits run of the
+   shipped model.
+Prints figures only: timings belong here, never in tests. On Linux the CPU allocator tuning of
+``runtime.tune_cpu_allocator`` is active, as in every extraction; ``DIFFPATH_MALLOC_TUNING=0`` turns
+it off for a comparison run.
 """
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -22,9 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from diffpath_core.features import diffpath_features, diffpathv2_features, path_statistics, to_numpy  # noqa: E402
+from diffpath_core.features import batch_path_statistics, diffpath_features, diffpathv2_features  # noqa: E402
 from diffpath_core.models import load_improved_diffusion, load_model, resolve_device  # noqa: E402
-from diffpath_core.trajectory import invert  # noqa: E402
+from diffpath_core.runtime import CompiledNetwork, cpu_workers, run_sharded, tune_cpu_allocator  # noqa: E402
 
 REFERENCE = Path(__file__).resolve().parent.parent / "tests" / "data" / "reference"
 
@@ -35,16 +38,26 @@ def sync(device):
 
 
 @torch.inference_mode()
-def bare_loop(model, x, k, network=None):
-    """K forward passes at the trajectory's timesteps, nothing else: the floor any method pays."""
+def bare_loop(model, x, k, network=None, workers=None):
+    """K forward passes at the trajectory's timesteps, nothing else: the floor any method pays.
+
+    Run as the extraction runs them (sharded over CPU workers, see ``runtime.run_sharded``) unless
+    ``workers`` is given.
+    """
     predict = network or model.predict_eps
+
+    def call(xb, tb):
+        with torch.inference_mode():
+            return predict(xb, tb)
+
+    workers = cpu_workers(x.device, x.shape[0]) if workers is None else workers
     for t in model.schedule(k).net_timesteps:
-        predict(x, t)
+        run_sharded(call, x, torch.full((x.shape[0],), float(t), device=x.device), workers)
 
 
-@torch.inference_mode()
 def full_extraction(model, x, k, precision="fp32", network=None):
-    return to_numpy(path_statistics(invert(model, x, k, True, precision, network)))
+    """What the feature cache runs per batch: trajectory and path statistics."""
+    return batch_path_statistics(model, x, k, True, precision, network)
 
 
 def timed(fn, device) -> float:
@@ -61,7 +74,7 @@ def overhead(model, x, k, repeats, device) -> tuple[float, float, float]:
     for _ in range(repeats):  # interleaved so drifts in machine load hit both alike
         bare.append(timed(lambda: bare_loop(model, x, k), device))
         full.append(timed(lambda: full_extraction(model, x, k), device))
-    b, f = statistics.median(bare), statistics.median(full)
+    b, f = min(bare), min(full)
     return b, f, f / b
 
 
@@ -74,8 +87,11 @@ def main():
     p.add_argument("--skip-options", action="store_true", help="skip bf16 / torch.compile / AUROC comparison")
     args = p.parse_args()
     device = resolve_device(args.device)
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
-          f"K={args.k}, median of {args.repeats} interleaved repeats\n")
+    tuned = tune_cpu_allocator() if device.type == "cpu" else None
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{cpu_workers(device, args.batch)} shard(s) per network call, batch {args.batch}, "
+          f"K={args.k}, fastest of {args.repeats} interleaved repeats"
+          + ("" if tuned is None else f", CPU allocator tuning {'on' if tuned else 'off'}") + "\n")
 
     # 1. overhead on the shipped model
     model = load_model("fashion_mnist", device=device)
@@ -94,34 +110,35 @@ def main():
     print(f"[converted DiffPath reference network, {ref.describe()}]")
     print(f"  fp32 full extraction   : {args.batch / f:.1f} images/s (bare network {args.batch / b:.1f} images/s; "
           f"overhead ratio {ratio:.3f})")
+    unsharded = min(timed(lambda: bare_loop(ref, xr, args.k, workers=1), device)
+                                  for _ in range(args.repeats))
+    print(f"  bare network, one batch on all intra-op threads (no sharding): {args.batch / unsharded:.1f} images/s")
     print("  official implementation on this machine: about 11 images/s (issue #2); target ≥ 22 images/s")
     if args.skip_options:
         return
     base = full_extraction(ref, xr, args.k)
     base_feats = np.c_[diffpath_features(base, "6d"), diffpathv2_features(base)]
-    options = {"bf16 autocast": dict(precision="bf16")}
-    try:
-        compiled = torch.compile(ref.predict_eps, dynamic=False)
-        options["torch.compile"] = dict(network=compiled)
-    except Exception as exc:  # noqa: BLE001 - report, do not hide
-        print(f"  torch.compile unavailable: {exc}")
+    options = {"bf16 autocast": dict(precision="bf16"),
+               "torch.compile (fp32)": dict(network=CompiledNetwork(ref))}
     for name, kw in options.items():
         try:
+            t0 = time.perf_counter()
             full_extraction(ref, xr, args.k, **kw)  # warm-up / compilation
-            t = statistics.median(timed(lambda kw=kw: full_extraction(ref, xr, args.k, **kw), device)
+            warm = time.perf_counter() - t0
+            t = min(timed(lambda kw=kw: full_extraction(ref, xr, args.k, **kw), device)
                                   for _ in range(args.repeats))
             feats = full_extraction(ref, xr, args.k, **kw)
             f2 = np.c_[diffpath_features(feats, "6d"), diffpathv2_features(feats)]
             rel = np.max(np.abs(f2 - base_feats) / (np.abs(base_feats) + 1e-12))
             print(f"  {name:<22}: {args.batch / t:.1f} images/s ({f / t:.2f}× fp32); largest relative feature "
-                  f"difference {rel:.2e}")
+                  f"difference {rel:.2e}; first batch (warm-up) {warm:.1f} s")
         except Exception as exc:  # noqa: BLE001
             print(f"  {name:<22}: failed here ({type(exc).__name__}: {exc})")
-    auroc_difference(model, args.k)
+    auroc_difference(model, args.k, args.batch)
 
 
-def auroc_difference(model, k):
-    """AUROC of each method in fp32 and bf16 on a small shipped-model pair, to show what bf16 costs."""
+def auroc_difference(model, k, batch):
+    """AUROC of each method in fp32, bf16 and compiled fp32 on a small shipped-model pair: what each option costs."""
     from diffpath_core.data import load_dataset
     from diffpath_core.evaluate import METHODS, make_method
     from diffpath_core.metrics import auroc
@@ -129,15 +146,16 @@ def auroc_difference(model, k):
     sets = {s: load_dataset(n, sp, size=model.image_size, channels=model.in_channels, limit=256)
             for s, (n, sp) in {"train": ("fashion_mnist", "train"), "id": ("fashion_mnist", "test"),
                                "ood": ("digits", "test")}.items()}
+    variants = {"fp32": {}, "bf16": dict(precision="bf16"),
+                "compile": dict(network=CompiledNetwork(model), batch_size=batch)}
     print("\n[AUROC, Fashion-MNIST → digits, 256 images per set, shipped model]")
     for method in METHODS:
         values = {}
-        for precision in ("fp32", "bf16"):
-            det = make_method(method, model, k=k, precision=precision, progress=False).fit(sets["train"])
-            values[precision] = auroc(det.score_samples(sets["id"]), det.score_samples(sets["ood"]))
-        print(f"  {method:<12} fp32 {values['fp32']:.4f}  bf16 {values['bf16']:.4f}  "
-              f"difference {values['bf16'] - values['fp32']:+.4f}")
-
+        for variant, kw in variants.items():
+            det = make_method(method, model, k=k, progress=False, **kw).fit(sets["train"])
+            values[variant] = auroc(det.score_samples(sets["id"]), det.score_samples(sets["ood"]))
+        print(f"  {method:<12} fp32 {values['fp32']:.4f}  "
+              + "  ".join(f"{v} {values[v]:.4f} ({values[v] - values['fp32']:+.4f})" for v in ("bf16", "compile")))
 
 if __name__ == "__main__":
     main()

@@ -20,9 +20,8 @@ from tqdm.auto import tqdm
 
 from .data import ImageSet, check_images
 from .errors import InputError
-from .features import STATS_VERSION, path_statistics, to_numpy
+from .features import STATS_VERSION, batch_path_statistics
 from .models import DiffusionModel
-from .trajectory import invert
 
 CHUNK_SIZE = 256
 
@@ -80,6 +79,8 @@ def extract_path_statistics(model: DiffusionModel, images: ImageSet | torch.Tens
                          f"{(model.in_channels, model.image_size, model.image_size)}")
     identity = identity or tensor_identity(x)
     settings = trajectory_settings(k, clip, precision)
+    if network is not None:  # another execution of the network: fp32 rounding differs, so its own entry
+        settings["network"] = getattr(network, "cache_tag", type(network).__name__)
     entry = Path(cache_dir) / f"{name}-{entry_key(model, settings, identity)}" if cache_dir is not None else None
     if entry is not None and (entry / "meta.json").exists():  # resume with the chunking the entry began with
         chunk_size = int(json.loads((entry / "meta.json").read_text())["chunk_size"])
@@ -88,8 +89,8 @@ def extract_path_statistics(model: DiffusionModel, images: ImageSet | torch.Tens
     def compute(lo: int, hi: int) -> dict[str, np.ndarray]:
         parts = []
         for start in range(lo, hi, batch_size):
-            traj = invert(model, x[start:min(start + batch_size, hi)], k, clip, precision, network)
-            parts.append(to_numpy(path_statistics(traj)))
+            parts.append(batch_path_statistics(model, x[start:min(start + batch_size, hi)], k, clip, precision,
+                                               network))
         return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
     mine = [i for i in range(n_chunks) if i % world == rank]

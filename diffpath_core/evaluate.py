@@ -100,8 +100,10 @@ class Evaluation:
 
     def __init__(self, model: DiffusionModel, *, k: int = 10, n_train: int | None = 2000,
                  n_test: int | None = 2000, seed: int = 0, batch_size: int = 64, cache_dir=None,
-                 precision: str = "fp32", progress: bool = True, resize: bool = False, convert: bool = False):
+                 precision: str = "fp32", progress: bool = True, resize: bool = False, convert: bool = False,
+                 network=None):
         self.model, self.k, self.n_train, self.n_test, self.seed = model, k, n_train, n_test, seed
+        self.network = network
         self.batch_size, self.cache_dir, self.precision, self.progress = batch_size, cache_dir, precision, progress
         self.resize, self.convert = resize, convert
         self._stats: dict = {}
@@ -115,7 +117,7 @@ class Evaluation:
         if (source, split) not in self._stats:
             self._stats[(source, split)] = extract_path_statistics(
                 self.model, self.images(source, split), k=self.k, precision=self.precision,
-                batch_size=self.batch_size, cache_dir=self.cache_dir, progress=self.progress,
+                batch_size=self.batch_size, cache_dir=self.cache_dir, progress=self.progress, network=self.network,
                 desc=f"{dataset_title(source)} {split}: K={self.k} trajectories")
         return self._stats[(source, split)]
 

@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .trajectory import Trajectory
+from .runtime import cpu_workers, run_sharded
+from .trajectory import Trajectory, invert
 
 STATS_VERSION = "pathstats-v1"  # bump when path_statistics changes: old cache entries then miss
 
@@ -199,6 +200,20 @@ def diffpathv2_features(stats: dict[str, np.ndarray], f: V2Formulation = V2Formu
 
 def to_numpy(stats: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in stats.items()}
+
+
+def batch_path_statistics(model, x: torch.Tensor, k: int = 10, clip: bool = True, precision: str = "fp32",
+                          network=None) -> dict[str, np.ndarray]:
+    """Path statistics of one batch as NumPy arrays: trajectory and statistics sharded together on CPU."""
+    device = model.device
+    x = x.to(device=device, dtype=torch.float32)
+
+    def shard(xb: torch.Tensor) -> dict[str, np.ndarray]:
+        with torch.inference_mode():
+            return to_numpy(path_statistics(invert(model, xb, k, clip, precision, network, workers=1)))
+
+    parts = run_sharded(shard, x, cpu_workers(device, x.shape[0]))
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
 def reconstruction_score(stats: dict[str, np.ndarray]) -> np.ndarray:

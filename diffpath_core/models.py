@@ -66,13 +66,15 @@ class DiffusionModel(nn.Module):
         """The K-step trajectory schedule (improved-diffusion's "ddimK" spacing)."""
         return TrajectorySchedule.from_table(self.alphas_cumprod, k, self.timestep_scale)
 
-    def predict_eps(self, x: torch.Tensor, net_timestep: float) -> torch.Tensor:
-        """ε_θ(x, t) for a batch at one network timestep; learned-variance channels are dropped."""
-        t = torch.full((x.shape[0],), float(net_timestep), device=x.device)
+    def predict_eps(self, x: torch.Tensor, net_timestep: float | torch.Tensor) -> torch.Tensor:
+        """ε_θ(x, t) for a batch at one network timestep (a number, or a (B,) tensor); learned-variance
+        channels are dropped."""
+        t = (net_timestep if isinstance(net_timestep, torch.Tensor)
+             else torch.full((x.shape[0],), float(net_timestep), device=x.device))
         out = self.unet(x, t).sample
         return out[:, : x.shape[1]]
 
-    def forward(self, x: torch.Tensor, net_timestep: float) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, net_timestep: float | torch.Tensor) -> torch.Tensor:
         return self.predict_eps(x, net_timestep)
 
     def weights_hash(self) -> str:

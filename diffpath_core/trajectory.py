@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .models import DiffusionModel
+from .runtime import cpu_workers, run_sharded, tune_cpu_allocator
 from .schedule import TrajectorySchedule
 
 
@@ -52,14 +53,31 @@ def autocast_context(device: torch.device, precision: str):
 
 @torch.inference_mode()
 def invert(model: DiffusionModel, x0: torch.Tensor, k: int = 10, clip: bool = True,
-           precision: str = "fp32", network=None) -> Trajectory:
+           precision: str = "fp32", network=None, workers: int | None = None) -> Trajectory:
     """Run the K-step DDIM inversion of a batch ``x0`` in [-1, 1]; returns a :class:`Trajectory`.
 
-    ``network`` optionally replaces ``model.predict_eps`` (for example a compiled version of it).
+    ``network(x, t)`` optionally replaces ``model.predict_eps`` (for example a
+    :class:`runtime.CompiledNetwork`); it receives the timestep as a (B,) tensor. On CPU the batch
+    is split over ``workers`` threads (default :func:`runtime.cpu_workers`; see
+    :func:`runtime.run_sharded`).
     """
-    schedule = model.schedule(k)
     device = model.device
     x = x0.to(device=device, dtype=torch.float32)
+    if device.type == "cpu":
+        tune_cpu_allocator()
+    workers = cpu_workers(device, x.shape[0]) if workers is None else workers
+    parts = run_sharded(lambda xb: _invert(model, xb, k, clip, precision, network), x, workers)
+    if len(parts) == 1:
+        return parts[0]
+    return Trajectory(*(torch.cat([getattr(p, f) for p in parts]) for f in ("x", "eps", "x0_hat", "x_final")),
+                      parts[0].schedule)
+
+
+@torch.inference_mode()
+def _invert(model: DiffusionModel, x: torch.Tensor, k: int, clip: bool, precision: str, network) -> Trajectory:
+    """One batch, in the calling thread (inference mode and autocast are thread-local: entered here)."""
+    schedule = model.schedule(k)
+    device = x.device
     if device.type == "cuda":  # matches a channels_last network (--channels-last); harmless otherwise
         x = x.contiguous(memory_format=torch.channels_last)
     c = schedule.coefficients(device)
@@ -70,8 +88,9 @@ def invert(model: DiffusionModel, x0: torch.Tensor, k: int = 10, clip: bool = Tr
     x0_hat_all = torch.empty_like(xs)
     for i in range(k):
         xs[:, i] = x
+        t = torch.full((b,), float(schedule.net_timesteps[i]), device=device)
         with autocast_context(device, precision):
-            eps = predict(x, schedule.net_timesteps[i])
+            eps = predict(x, t)
         eps = eps.float()
         x0_hat = c["sqrt_recip"][i] * x - c["sqrt_recipm1"][i] * eps
         if clip:

@@ -51,8 +51,12 @@ def candidate_formulations(lams=(0.5, 1.0, 2.0, 4.0)) -> list[V2Formulation]:
 
 
 def select_formulation(model: DiffusionModel, train: ImageSet, *, val_fraction: float = 0.3, k: int = 10,
-                       cache_dir=None, seed: int = 0, candidates=None, progress: bool = True) -> list[dict]:
-    """Rank candidate formulations by mean AUROC (ID validation vs synthetic outliers), best first."""
+                       cache_dir=None, seed: int = 0, candidates=None, progress: bool = True,
+                       **extraction) -> list[dict]:
+    """Rank candidate formulations by mean AUROC (ID validation vs synthetic outliers), best first.
+
+    ``extraction`` (batch_size, precision, network) goes to :func:`cache.extract_path_statistics`.
+    """
     n = len(train)
     perm = np.random.default_rng(seed).permutation(n)
     n_val = max(2, int(round(val_fraction * n)))
@@ -62,7 +66,7 @@ def select_formulation(model: DiffusionModel, train: ImageSet, *, val_fraction: 
         return ImageSet(f"{train.name}-{tag}", train.split, images, None, f"{train.identity}-{tag}-{seed}-{n_val}")
 
     def stats(s: ImageSet):
-        return extract_path_statistics(model, s, k=k, cache_dir=cache_dir, progress=progress)
+        return extract_path_statistics(model, s, k=k, cache_dir=cache_dir, progress=progress, **extraction)
 
     fit = stats(subset("fit", train.images[fit_idx]))
     val_images = train.images[val_idx]

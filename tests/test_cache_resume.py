@@ -29,11 +29,11 @@ def test_kill_and_resume(tiny_model_dir, tiny_model, tmp_path):
         import time, torch
         import diffpath_core.cache as cache
         from diffpath_core.models import load_diffusers
-        slow = cache.invert
-        def invert(*a, **k):
+        slow = cache.batch_path_statistics
+        def slowly(*a, **k):
             time.sleep(0.4)
             return slow(*a, **k)
-        cache.invert = invert
+        cache.batch_path_statistics = slowly
         model = load_diffusers({str(tiny_model_dir)!r}, device="cpu")
         x = torch.load({str(tmp_path / 'images.pt')!r}, weights_only=True)
         cache.extract_path_statistics(model, x, k=3, batch_size=4, cache_dir={str(cache_dir)!r},
@@ -52,18 +52,18 @@ def test_kill_and_resume(tiny_model_dir, tiny_model, tmp_path):
     mtimes = {p.name: p.stat().st_mtime_ns for p in chunks()}
 
     calls = []
-    real = cache.invert
+    real = cache.batch_path_statistics
 
     def counting(model, x, *a, **k):
         calls.append(len(x))
         return real(model, x, *a, **k)
 
-    cache.invert = counting
+    cache.batch_path_statistics = counting
     try:
         resumed = extract_path_statistics(tiny_model, _images(), k=3, batch_size=4, cache_dir=cache_dir,
                                           progress=False, chunk_size=CHUNK)
     finally:
-        cache.invert = real
+        cache.batch_path_statistics = real
     assert sum(calls) == N - done_before * CHUNK, "finished chunks must not be recomputed"
     assert all(p.stat().st_mtime_ns == mtimes[p.name] for p in chunks() if p.name in mtimes)
 
