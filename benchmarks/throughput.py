@@ -37,22 +37,20 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-@torch.inference_mode()
 def bare_loop(model, x, k, network=None, workers=None):
     """K forward passes at the trajectory's timesteps, nothing else: the floor any method pays.
 
-    Run as the extraction runs them (sharded over CPU workers, see ``runtime.run_sharded``) unless
-    ``workers`` is given.
+    Sharded over CPU workers as the extraction is (``runtime.run_sharded``) unless ``workers`` is given.
     """
     predict = network or model.predict_eps
+    steps = model.schedule(k).net_timesteps
 
-    def call(xb, tb):
+    def shard(xb):
         with torch.inference_mode():
-            return predict(xb, tb)
+            for t in steps:
+                predict(xb, torch.full((xb.shape[0],), float(t), device=xb.device))
 
-    workers = cpu_workers(x.device, x.shape[0]) if workers is None else workers
-    for t in model.schedule(k).net_timesteps:
-        run_sharded(call, x, torch.full((x.shape[0],), float(t), device=x.device), workers)
+    run_sharded(shard, x, cpu_workers(x.device, x.shape[0]) if workers is None else workers)
 
 
 def full_extraction(model, x, k, precision="fp32", network=None):
