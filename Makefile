@@ -24,14 +24,14 @@ notebooks: $(STAMP)
 html: $(STAMP)
 	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going --quiet
 
-## test: the whole test suite on CPU (installs Chromium for the browser check where missing)
+## test: the whole test suite on CPU (installs Chromium and its driver for the browser check where missing)
 test: $(STAMP) browser-deps
 	$(PY) -m pytest -q
 
 browser-deps:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else echo "chromium missing: install Debian's chromium package for the browser test"; fi; }
+	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "chromium or chromedriver missing: install Debian's chromium and chromium-driver packages for the browser test"; fi; }
 
 ## bench: throughput and overhead figures (prints, never asserts)
 bench: $(STAMP)
