@@ -140,24 +140,13 @@ def _payload_sha256(path: Path) -> str:
 
 
 def download_fashion_mnist(target: Path) -> Path:
-    """Fetch the four idx files into ``target`` and verify their checksums."""
-    import urllib.request
+    """Fetch the four idx files into ``target``, each checked by the SHA-256 of its uncompressed payload."""
+    from .download import fetch
 
     target.mkdir(parents=True, exist_ok=True)
     for name, sha in FASHION_MNIST_FILES.items():
-        out = target / name
-        if out.exists() and _payload_sha256(out) == sha:
-            continue
-        tmp = out.with_suffix(".part")
-        try:
-            urllib.request.urlretrieve(FASHION_MNIST_URL + name, tmp)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise DatasetUnavailableError(_fashion_mnist_help(f"download failed ({exc})")) from exc
-        if _payload_sha256(tmp) != sha:
-            tmp.unlink()
-            raise DatasetUnavailableError(_fashion_mnist_help(f"checksum mismatch for {name}"))
-        os.replace(tmp, out)
+        fetch(FASHION_MNIST_URL + name, target / name, _payload_sha256, sha,
+              _fashion_mnist_help("the download did not succeed"))
     return target
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import DatasetSpec, register
+from .download import fetch
 from .errors import DatasetUnavailableError, InputError
 
 
@@ -93,20 +94,7 @@ def _md5(path: Path) -> str:
 
 
 def _fetch(url: str, target: Path, md5: str) -> None:
-    import urllib.request
-
-    if target.exists() and _md5(target) == md5:
-        return
-    tmp = target.with_name(target.name + ".part")
-    try:
-        urllib.request.urlretrieve(url, tmp)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise DatasetUnavailableError(f"download of {url} failed ({exc}); get it by hand into {target.parent}") from exc
-    if _md5(tmp) != md5:
-        tmp.unlink()
-        raise DatasetUnavailableError(f"{url}: checksum mismatch (expected md5 {md5})")
-    os.replace(tmp, target)
+    fetch(url, target, _md5, md5, f"get it by hand into {target.parent}")
 
 
 def ensure(name: str, data_dir=None, download: bool = False) -> Path:

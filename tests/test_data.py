@@ -179,3 +179,33 @@ def test_registry_lists_every_profile_dataset():
     for name in ("fashion_mnist", "digits", "glyphs", "fmnist_tops", "fmnist_footwear", "cifar10", "cifar100",
                  "svhn", "celeba", "textures", "tinyimagenet"):
         assert name in DATASETS
+
+
+def test_fetch_verifies_and_leaves_nothing_on_failure(tmp_path):
+    """Downloads go through .part and a checksum; a file:// URL stands in for the network."""
+    import hashlib
+
+    from diffpath_core.download import fetch
+    from diffpath_core.errors import DatasetUnavailableError
+
+    def md5(path):
+        return hashlib.md5(path.read_bytes()).hexdigest()
+
+    source = tmp_path / "remote.bin"
+    source.write_bytes(b"payload")
+    url = source.resolve().as_uri()
+    target = tmp_path / "local" / "file.bin"
+    target.parent.mkdir()
+    assert fetch(url, target, md5, hashlib.md5(b"payload").hexdigest()) == target
+    assert target.read_bytes() == b"payload"
+
+    source.write_bytes(b"changed")  # a verified file present is not fetched again
+    fetch(url, target, md5, hashlib.md5(b"payload").hexdigest())
+    assert target.read_bytes() == b"payload"
+
+    other = tmp_path / "local" / "other.bin"
+    with pytest.raises(DatasetUnavailableError, match=r"checksum mismatch \(expected 0+\); get it by hand"):
+        fetch(url, other, md5, "0" * 32, "get it by hand")
+    with pytest.raises(DatasetUnavailableError, match=r"download of .*missing\.bin failed"):
+        fetch((tmp_path / "missing.bin").resolve().as_uri(), other, md5, "0" * 32)
+    assert sorted(p.name for p in other.parent.iterdir()) == ["file.bin"], "no partial file may remain"
