@@ -65,15 +65,20 @@ def run(params: dict, only=None, output_dir: Path = GENERATED, log=print) -> lis
     if problems:
         raise SystemExit("cannot run profile {!r}; nothing was computed:\n  - {}".format(
             params.get("profile"), "\n  - ".join(problems)))
+    names = [n for n in NOTEBOOKS if not only or n in only]
+    declared = {n: set(papermill.inspect_notebook(str(ROOT / "notebooks" / f"{n}.ipynb"))) for n in names}
+    unused = sorted(set(params) - set().union(*declared.values()))
+    if unused:  # a misspelt --set would otherwise be dropped without a word
+        raise SystemExit(f"parameter(s) {', '.join(unused)} are read by none of the notebooks {', '.join(names)}; "
+                         "nothing was computed")
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name in NOTEBOOKS:
-        if only and name not in only:
-            continue
+    for name in names:
         t0 = time.perf_counter()
         out = output_dir / f"{name}.ipynb"
         tmp = output_dir / f".{name}.running.ipynb"
-        papermill.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(tmp), parameters=params,
+        papermill.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(tmp),
+                                   parameters={k: v for k, v in params.items() if k in declared[name]},
                                    kernel_name="python3", cwd=str(ROOT), progress_bar=False, log_output=False)
         _fold_injected_parameters(tmp)
         tmp.replace(out)

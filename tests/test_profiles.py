@@ -39,3 +39,22 @@ def test_paper_profile_stops_before_any_work(tmp_path, monkeypatch):
 
 def test_offline_profile_has_no_problems():
     assert preflight(load_profile("offline")) == []
+
+
+def test_misspelt_parameter_stops_before_any_work(tmp_path):
+    params = load_profile("offline", {"n_trian": 40})
+    with pytest.raises(SystemExit, match=r"parameter\(s\) n_trian are read by none of the notebooks"):
+        run(params, output_dir=tmp_path / "generated")
+    assert not (tmp_path / "generated").exists()
+
+
+def test_every_profile_parameter_is_declared_by_the_notebooks():
+    """Each notebook runs standalone with its own defaults: nothing it reads may exist only when injected."""
+    import papermill
+
+    from diffpath_core.book import NOTEBOOKS, ROOT
+
+    for name in NOTEBOOKS:
+        declared = set(papermill.inspect_notebook(str(ROOT / "notebooks" / f"{name}.ipynb")))
+        for profile in ("offline", "paper"):
+            assert set(load_profile(profile)) <= declared, (name, profile, set(load_profile(profile)) - declared)
