@@ -108,8 +108,7 @@ def main():
     print(f"[converted DiffPath reference network, {ref.describe()}]")
     print(f"  fp32 full extraction   : {args.batch / f:.1f} images/s (bare network {args.batch / b:.1f} images/s; "
           f"overhead ratio {ratio:.3f})")
-    unsharded = min(timed(lambda: bare_loop(ref, xr, args.k, workers=1), device)
-                                  for _ in range(args.repeats))
+    unsharded = min(timed(lambda: bare_loop(ref, xr, args.k, workers=1), device) for _ in range(args.repeats))
     print(f"  bare network, one batch on all intra-op threads (no sharding): {args.batch / unsharded:.1f} images/s")
     print("  official implementation on this machine: about 11 images/s (issue #2); target ≥ 22 images/s")
     if args.skip_options:
@@ -123,8 +122,7 @@ def main():
             t0 = time.perf_counter()
             full_extraction(ref, xr, args.k, **kw)  # warm-up / compilation
             warm = time.perf_counter() - t0
-            t = min(timed(lambda kw=kw: full_extraction(ref, xr, args.k, **kw), device)
-                                  for _ in range(args.repeats))
+            t = min(timed(lambda kw=kw: full_extraction(ref, xr, args.k, **kw), device) for _ in range(args.repeats))
             feats = full_extraction(ref, xr, args.k, **kw)
             f2 = np.c_[diffpath_features(feats, "6d"), diffpathv2_features(feats)]
             rel = np.max(np.abs(f2 - base_feats) / (np.abs(base_feats) + 1e-12))
@@ -154,6 +152,7 @@ def auroc_difference(model, k, batch):
             values[variant] = auroc(det.score_samples(sets["id"]), det.score_samples(sets["ood"]))
         print(f"  {method:<12} fp32 {values['fp32']:.4f}  "
               + "  ".join(f"{v} {values[v]:.4f} ({values[v] - values['fp32']:+.4f})" for v in ("bf16", "compile")))
+
 
 if __name__ == "__main__":
     main()

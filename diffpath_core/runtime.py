@@ -1,7 +1,9 @@
-"""How the network is executed: CPU allocator tuning, and the optional ``torch.compile`` path.
+"""How the network is executed: CPU allocator tuning, batches sharded over CPU cores, and the
+optional ``torch.compile`` path.
 
-Neither changes what is computed. The allocator tuning changes where freed memory goes; the compiled
-network is the same fp32 network run through Inductor's kernels (differences of float32 rounding).
+None changes what is computed. The allocator tuning changes where freed memory goes; sharding
+changes which thread computes which image; the compiled network is the same fp32 network run through
+Inductor's kernels. Results differ by float32 rounding only.
 """
 from __future__ import annotations
 
