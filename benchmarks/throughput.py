@@ -126,8 +126,11 @@ def main():
             feats = full_extraction(ref, xr, args.k, **kw)
             f2 = np.c_[diffpath_features(feats, "6d"), diffpathv2_features(feats)]
             rel = np.max(np.abs(f2 - base_feats) / (np.abs(base_feats) + 1e-12))
-            print(f"  {name:<22}: {args.batch / t:.1f} images/s ({f / t:.2f}× fp32); largest relative feature "
-                  f"difference {rel:.2e}; first batch (warm-up) {warm:.1f} s")
+            # relative differences explode on features near zero; in units of each feature's spread over
+            # the batch they say whether images change places
+            spread = np.max(np.abs(f2 - base_feats) / (base_feats.std(axis=0) + 1e-12))
+            print(f"  {name:<22}: {args.batch / t:.1f} images/s ({f / t:.2f}× fp32); largest feature difference "
+                  f"{rel:.2e} relative, {spread:.2e} of the feature's spread; first batch (warm-up) {warm:.1f} s")
         except Exception as exc:  # noqa: BLE001
             print(f"  {name:<22}: failed here ({type(exc).__name__}: {exc})")
     auroc_difference(model, args.k, args.batch)

@@ -95,7 +95,7 @@ def cpu_workers(device: torch.device, batch: int) -> int:
     """How many shards a CPU batch is split into: one per intra-op thread (1 on GPUs).
 
     On CPU, the network's small convolutions parallelise poorly inside one op; giving each core its
-    own slice of the batch, single-threaded, was 1.1–1.2× faster on this 2-core machine.
+    own slice of the batch, single-threaded, was 1.1–1.3× faster on this 2-core machine.
     ``DIFFPATH_CPU_WORKERS`` overrides the count (1 turns sharding off).
     """
     if device.type != "cpu":
