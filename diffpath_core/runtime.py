@@ -61,7 +61,6 @@ class CompiledNetwork:
     cache_tag = "torch.compile"  # feature-cache entries keep compiled and eager results apart
 
     def __init__(self, model, **compile_kwargs):
-        self.model = model
         self.fn = torch.compile(model.predict_eps, dynamic=False, **compile_kwargs)
         self.batch_size = 0
         self._compiled: set[int] = set()
