@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 import time
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .api import DiffPath, DiffPathV2
-from .cache import atomic_savez, extract_path_statistics
+from .cache import atomic_savez, atomic_write_bytes, extract_path_statistics
 from .data import dataset_title, load_images
 from .features import reconstruction_score
 from .metrics import all_metrics
@@ -52,15 +53,14 @@ def parse_pair(text: str) -> tuple[str, str]:
 
 
 def write_rows_csv(rows: list[dict], path: str | os.PathLike) -> None:
-    """Rows of dicts as CSV, written atomically (temp file + rename)."""
+    """Rows of dicts as UTF-8 CSV, written atomically (the cache's temp file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_bytes(path, text.getvalue().encode("utf-8"))
 
 
 @dataclass
