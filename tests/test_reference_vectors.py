@@ -35,7 +35,11 @@ def test_twelve_statistics(reference_model, reference):
     stats = diffpath_statistics(to_numpy(path_statistics(traj)))
     assert set(stats) == set(DIFFPATH_STATISTICS)
     for name in DIFFPATH_STATISTICS:
-        np.testing.assert_allclose(stats[name], reference[name], rtol=1e-4, err_msg=name)
+        # eps_sum and deps_dt are signed sums that nearly cancel (deps_dt telescopes to K·Σ(ε_K−1 − ε_0)); their
+        # float32 rounding is bounded against the size of the summands, Σ|x| (the reference's own *_abs)
+        bound = 1e-4 * (reference[f"{name}_abs"] if name in ("eps_sum", "deps_dt") else np.abs(reference[name]))
+        error = np.abs(stats[name] - reference[name])
+        assert (error <= bound).all(), f"{name}: |ours − official| = {error} exceeds {bound}"
 
 
 def test_score_error_identity(reference_model, reference):
