@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from diffpath_core.features import batch_path_statistics, diffpath_features, diffpathv2_features  # noqa: E402
+from diffpath_core.features import batch_path_statistics, diffpath_features, paper_form_features  # noqa: E402
 from diffpath_core.models import load_improved_diffusion, load_model, resolve_device  # noqa: E402
 from diffpath_core.runtime import CompiledNetwork, cpu_workers, run_sharded, tune_cpu_allocator  # noqa: E402
 
@@ -114,7 +114,7 @@ def main():
     if args.skip_options:
         return
     base = full_extraction(ref, xr, args.k)
-    base_feats = np.c_[diffpath_features(base, "6d"), diffpathv2_features(base)]
+    base_feats = np.c_[diffpath_features(base, "6d"), paper_form_features(base)]
     options = {"bf16 autocast": dict(precision="bf16"),
                "torch.compile (fp32)": dict(network=CompiledNetwork(ref))}
     for name, kw in options.items():
@@ -124,7 +124,7 @@ def main():
             warm = time.perf_counter() - t0
             t = min(timed(lambda kw=kw: full_extraction(ref, xr, args.k, **kw), device) for _ in range(args.repeats))
             feats = full_extraction(ref, xr, args.k, **kw)
-            f2 = np.c_[diffpath_features(feats, "6d"), diffpathv2_features(feats)]
+            f2 = np.c_[diffpath_features(feats, "6d"), paper_form_features(feats)]
             rel = np.max(np.abs(f2 - base_feats) / (np.abs(base_feats) + 1e-12))
             # relative differences explode on features near zero; in units of each feature's spread over
             # the batch they say whether images change places

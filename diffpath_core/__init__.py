@@ -4,14 +4,14 @@
     det = DiffPathV2("fashion_mnist").fit(load_dataset("fashion_mnist", "train", limit=1000))
     scores = det.score_samples(load_dataset("digits", "test"))   # higher = more in-distribution
 """
-from .api import DEFAULT_V2, DiffPath, DiffPathV2
+from .api import DEFAULT_PS, DEFAULT_V2, DiffPath, DiffPathV2, DiffPathV2Variant
 from .data import ImageSet, load_dataset, load_image_folder, load_images
-from .features import V2Formulation
+from .features import PaperForm, V2Formulation, VariantFormulation
 from .metrics import all_metrics, auroc, fpr_at_tpr
 from .models import DiffusionModel, load_model
-from .trajectory import invert
+from .trajectory import invert, noised_estimates
 
-__all__ = ["DiffPath", "DiffPathV2", "DEFAULT_V2", "V2Formulation", "ImageSet", "load_dataset",
-           "load_image_folder", "load_images", "all_metrics", "auroc", "fpr_at_tpr", "DiffusionModel",
-           "load_model", "invert"]
-__version__ = "0.1.0"
+__all__ = ["DiffPath", "DiffPathV2", "DiffPathV2Variant", "DEFAULT_V2", "DEFAULT_PS", "PaperForm",
+           "VariantFormulation", "V2Formulation", "ImageSet", "load_dataset", "load_image_folder", "load_images",
+           "all_metrics", "auroc", "fpr_at_tpr", "DiffusionModel", "load_model", "invert", "noised_estimates"]
+__version__ = "0.2.0"

@@ -4,11 +4,16 @@ from __future__ import annotations
 import torch
 
 from .models import DiffusionModel
+from .trajectory import denoise_estimate
 
 
 @torch.inference_mode()
 def generate(model: DiffusionModel, n: int = 16, steps: int = 50, seed: int = 0) -> torch.Tensor:
-    """``n`` images in [-1, 1] by DDIM sampling (η = 0) over ``steps`` evenly spaced timesteps."""
+    """``n`` images in [-1, 1] by DDIM sampling (η = 0) over ``steps`` evenly spaced timesteps.
+
+    Each step is the trajectory's own estimate (:func:`trajectory.denoise_estimate`, clipped), moved to
+    the next, less noisy, level.
+    """
     g = torch.Generator(device="cpu").manual_seed(seed)
     size, c = model.image_size, model.in_channels
     x = torch.randn((n, c, size, size), generator=g).to(model.device)
@@ -17,8 +22,7 @@ def generate(model: DiffusionModel, n: int = 16, steps: int = 50, seed: int = 0)
     for i, t in enumerate(idx):
         a = acp[t]
         a_prev = acp[idx[i + 1]] if i + 1 < len(idx) else torch.tensor(1.0, dtype=torch.float64)
-        eps = model.predict_eps(x, t * model.timestep_scale)
-        x0 = ((x - (1 - a).sqrt().float() * eps) / a.sqrt().float()).clamp(-1, 1)
-        eps = (x - a.sqrt().float() * x0) / (1 - a).sqrt().float()
+        eps, x0 = denoise_estimate(model.predict_eps, x, t * model.timestep_scale, (1 / a).sqrt().float(),
+                                   (1 / a - 1).sqrt().float(), clip=True)
         x = a_prev.sqrt().float() * x0 + (1 - a_prev).sqrt().float() * eps
     return x.clamp(-1, 1).cpu()

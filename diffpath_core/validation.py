@@ -1,9 +1,10 @@
-"""Choosing DiffPathV2's formulation without touching any reported pair.
+"""Choosing DiffPathV2's open switches without touching any reported pair.
 
 Protocol: split the ID training images into a fit part and a validation part; make synthetic
-outliers from the validation images (noise, blur, contrast, rotation); for every candidate
-formulation fit the detector on the fit part and measure AUROC of ID-validation against each
-outlier kind. The candidate with the best mean AUROC is the default; the whole table is kept.
+outliers from the validation images (noise, blur, contrast, rotation); for every candidate fit the
+detector on the fit part and measure AUROC of ID-validation against each outlier kind. The
+paper-form candidate with the best mean AUROC is DiffPathV2's default; this project's variant
+formulations are ranked in the same table, under their own family, and never become "DiffPathV2".
 """
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import itertools
 import numpy as np
 import torch
 
-from .api import DiffPathV2
+from .api import DiffPathV2, DiffPathV2Variant
 from .cache import extract_path_statistics
 from .data import ImageSet
-from .features import V2Formulation
+from .features import PF_PAIRS, PF_READINGS, PaperForm, VariantFormulation
 from .metrics import auroc
 from .models import DiffusionModel
 
@@ -39,24 +40,39 @@ def synthetic_outliers(images: torch.Tensor, kind: str, seed: int = 0) -> torch.
     raise ValueError(f"unknown outlier kind {kind!r}; known: {OUTLIER_KINDS}")
 
 
-def candidate_formulations(lams=(0.5, 1.0, 2.0, 4.0)) -> list[V2Formulation]:
-    """Every combination the Method page leaves open."""
+def paper_form_candidates(lams=(0.5, 1.0, 2.0, 4.0, 8.0)) -> list[PaperForm]:
+    """Every combination of the switches the published descriptions leave open (the error is the score error)."""
+    out = []
+    for noise in PF_READINGS:
+        out.append(PaperForm(noise, "image", "none", 0.0))
+        for pair in PF_PAIRS:
+            out.append(PaperForm(noise, pair, "ssim", 0.0))
+            out.extend(PaperForm(noise, pair, "amplify", lam) for lam in lams)
+    return out
+
+
+def candidate_formulations(lams=(0.5, 1.0, 2.0, 4.0)) -> list[VariantFormulation]:
+    """This project's variant family (per-step or summed, SSIM off / product / amplify, r or ε)."""
     out = []
     for error, (aggregate, dims) in itertools.product(("score", "eps"),
                                                       (("summed", "1d"), ("summed", "multi"), ("per_step", "multi"))):
-        out.append(V2Formulation(error, "off", 0.0, aggregate, dims))
-        out.append(V2Formulation(error, "product", 0.0, aggregate, dims))
-        out.extend(V2Formulation(error, "amplify", lam, aggregate, dims) for lam in lams)
+        out.append(VariantFormulation(error, "off", 0.0, aggregate, dims))
+        out.append(VariantFormulation(error, "product", 0.0, aggregate, dims))
+        out.extend(VariantFormulation(error, "amplify", lam, aggregate, dims) for lam in lams)
     return out
 
 
 def select_formulation(model: DiffusionModel, train: ImageSet, *, val_fraction: float = 0.3, k: int = 10,
                        cache_dir=None, seed: int = 0, candidates=None, progress: bool = True,
-                       **extraction) -> list[dict]:
-    """Rank candidate formulations by mean AUROC (ID validation vs synthetic outliers), best first.
+                       density: str = "compact", **extraction) -> list[dict]:
+    """Rank candidates by mean AUROC (ID validation vs synthetic outliers), best first.
 
-    ``extraction`` (batch_size, precision, network) goes to :func:`cache.extract_path_statistics`.
+    ``candidates`` mixes :class:`PaperForm` (family "paper form") and :class:`VariantFormulation`
+    (family "variant"); default: both families in full. ``extraction`` (batch_size, precision, network)
+    goes to :func:`cache.extract_path_statistics`.
     """
+    candidates = list(candidates or paper_form_candidates() + candidate_formulations())
+    readings = sorted({r for c in candidates for r in c.readings}, key=PF_READINGS.index)
     n = len(train)
     perm = np.random.default_rng(seed).permutation(n)
     n_val = max(2, int(round(val_fraction * n)))
@@ -66,7 +82,11 @@ def select_formulation(model: DiffusionModel, train: ImageSet, *, val_fraction: 
         return ImageSet(f"{train.name}-{tag}", train.split, images, None, f"{train.identity}-{tag}-{seed}-{n_val}")
 
     def stats(s: ImageSet):
-        return extract_path_statistics(model, s, k=k, cache_dir=cache_dir, progress=progress, **extraction)
+        merged = {}
+        for reading in readings:
+            merged.update(extract_path_statistics(model, s, k=k, cache_dir=cache_dir, progress=progress,
+                                                  reading=reading, **extraction))
+        return merged
 
     fit = stats(subset("fit", train.images[fit_idx]))
     val_images = train.images[val_idx]
@@ -74,12 +94,25 @@ def select_formulation(model: DiffusionModel, train: ImageSet, *, val_fraction: 
     outliers = {kind: stats(subset(f"val-{kind}", synthetic_outliers(val_images, kind, seed)))
                 for kind in OUTLIER_KINDS}
     rows = []
-    for f in candidates or candidate_formulations():
-        det = DiffPathV2(model, formulation=f, k=k, progress=False).fit_statistics(fit)
+    for c in candidates:
+        if isinstance(c, PaperForm):
+            det, family = DiffPathV2(model, form=c, k=k, progress=False, density=density), "paper form"
+        else:
+            det, family = DiffPathV2Variant(model, formulation=c, k=k, progress=False, density=density), "variant"
+        det.fit_statistics(fit)
         s_val = det.score_statistics(val)
         per_kind = {kind: auroc(s_val, det.score_statistics(o)) for kind, o in outliers.items()}
-        rows.append({**f.as_dict(), "label": f.label(), "mean_auroc": float(np.mean(list(per_kind.values()))),
+        rows.append({"family": family, "label": c.label(), "switches": repr(c.as_dict()),
+                     "mean_auroc": float(np.mean(list(per_kind.values()))),
                      **{f"auroc_{kind}": v for kind, v in per_kind.items()}, "detector": det.detector_.describe(),
-                     "n_fit": len(fit_idx), "n_val": n_val})
+                     "density": density, "n_fit": len(fit_idx), "n_val": n_val})
     rows.sort(key=lambda r: -r["mean_auroc"])
     return rows
+
+
+def best_paper_form(rows: list[dict]) -> PaperForm:
+    """The paper-form switches of the best "paper form" row of a selection table (rows or CSV dicts)."""
+    import ast
+
+    best = max((r for r in rows if r["family"] == "paper form"), key=lambda r: float(r["mean_auroc"]))
+    return PaperForm(**ast.literal_eval(best["switches"]))

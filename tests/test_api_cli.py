@@ -2,11 +2,14 @@
 import numpy as np
 import pytest
 import torch
+from sklearn.model_selection import GridSearchCV
+from sklearn.neighbors import KernelDensity
 
-from diffpath_core import DiffPath, DiffPathV2, V2Formulation
+from diffpath_core import DiffPath, DiffPathV2, DiffPathV2Variant, VariantFormulation
 from diffpath_core.cli import main
 from diffpath_core.detectors import GMMDetector, KDEDetector
-from diffpath_core.features import amplified_error, diffpathv2_features
+from diffpath_core import invert
+from diffpath_core.features import amplified_error, dissimilarity_maps, score_error, variant_features
 
 
 def _sets():
@@ -17,7 +20,8 @@ def _sets():
 
 @pytest.mark.parametrize("make", [lambda m: DiffPath(m, "1d", k=4, progress=False),
                                   lambda m: DiffPath(m, "6d", k=4, progress=False),
-                                  lambda m: DiffPathV2(m, k=4, progress=False)])
+                                  lambda m: DiffPathV2(m, k=4, progress=False),
+                                  lambda m: DiffPathV2Variant(m, k=4, progress=False)])
 def test_three_line_api_separates_noise_from_smooth_images(tiny_model, make):
     train, test, noise = _sets()
     det = make(tiny_model).fit(train)
@@ -34,17 +38,23 @@ def test_unfitted_detector_says_so(tiny_model):
 def test_v2_components_switch(tiny_model):
     train, _, _ = _sets()
     stats = DiffPath(tiny_model, k=4, progress=False).path_statistics(train)
-    off = amplified_error(stats, V2Formulation(ssim="off"))
-    prod = amplified_error(stats, V2Formulation(ssim="product"))
-    amp = amplified_error(stats, V2Formulation(ssim="amplify", lam=2.0))
-    np.testing.assert_allclose(amp, off + 2.0 * prod)
+    off = amplified_error(stats, VariantFormulation(ssim="off"))
+    prod = amplified_error(stats, VariantFormulation(ssim="product"))
+    amp = amplified_error(stats, VariantFormulation(ssim="amplify", lam=2.0))
+    # against the maps themselves, reduced here: Σ_pixels (1 + 2D) r² and D r² per image and step
+    traj = invert(tiny_model, train, 4)
+    r2 = (score_error(traj).double() ** 2).numpy()
+    d = dissimilarity_maps(traj).double().numpy()
+    np.testing.assert_allclose(off, r2.sum((2, 3, 4)), rtol=1e-5)
+    np.testing.assert_allclose(prod, (d * r2).sum((2, 3, 4)), rtol=1e-5)
+    np.testing.assert_allclose(amp, ((1 + 2.0 * d) * r2).sum((2, 3, 4)), rtol=1e-5)
     assert (prod <= off + 1e-9).all(), "D ∈ [0, 1] so D·r² ≤ r²"
-    eps = amplified_error(stats, V2Formulation(error="eps", ssim="off"))
+    eps = amplified_error(stats, VariantFormulation(error="eps", ssim="off"))
     np.testing.assert_allclose(eps, stats["eps_s2"])
-    assert diffpathv2_features(stats, V2Formulation(dims="1d")).shape == (48, 1)
-    assert diffpathv2_features(stats, V2Formulation(aggregate="per_step")).shape == (48, 8)
+    assert variant_features(stats, VariantFormulation(dims="1d")).shape == (48, 1)
+    assert variant_features(stats, VariantFormulation(aggregate="per_step")).shape == (48, 8)
     with pytest.raises(ValueError, match="per-step"):
-        V2Formulation(aggregate="per_step", dims="1d")
+        VariantFormulation(aggregate="per_step", dims="1d")
 
 
 def test_detectors_choose_by_cross_validation():
@@ -53,8 +63,12 @@ def test_detectors_choose_by_cross_validation():
     gmm = GMMDetector(components=(1, 2, 4), covariance_types=("full",), cv=3).fit(two_blobs)
     assert gmm.best_params_["n_components"] >= 2
     assert gmm.score_samples([[3, 3]])[0] > gmm.score_samples([[0, 0]])[0]
-    kde = KDEDetector().fit(rng.normal(0, 1, 300))
-    assert kde.bandwidth_ in kde.grid
+    sample = rng.normal(0, 1, 300)
+    kde = KDEDetector().fit(sample)
+    z = (sample - sample.mean()) / sample.std()  # the detector's standardisation, done here
+    independent = GridSearchCV(KernelDensity(), {"bandwidth": list(kde.grid)}, cv=5).fit(z[:, None])
+    assert kde.bandwidth_ == independent.best_params_["bandwidth"]
+    assert kde.bandwidth_ not in (min(kde.grid), max(kde.grid)), "a unit normal's CV bandwidth is inside the grid"
     assert kde.score_samples([0.0])[0] > kde.score_samples([5.0])[0]
     with pytest.raises(ValueError, match="NaN or Inf"):
         KDEDetector().fit([1.0, np.nan, 2.0])
@@ -69,17 +83,17 @@ def test_cli_help_and_evaluate(tiny_model_dir, tmp_path, capsys):
         folder.mkdir()
         from PIL import Image
         rng = np.random.default_rng(1)
-        for i in range(12):
+        for i in range(24):  # an ID folder is split in halves: 12 to fit on, 12 to score
             arr = rng.normal(128, 128 * scale, (16, 16)).clip(0, 255).astype(np.uint8)
             Image.fromarray(arr, "L").save(folder / f"{i:02d}.png")
     out = tmp_path / "table.csv"
     code = main(["evaluate", "--model", str(tiny_model_dir), "--id", str(tmp_path / "smooth"), "--ood",
                  str(tmp_path / "noise"), "-k", "3", "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
-                 "--quiet", "--methods", "DiffPath-1D", "DiffPathV2", "Reconstruction"])
+                 "--quiet", "--methods", "DiffPath-1D", "DiffPathV2", "DiffPathV2-PS", "Reconstruction"])
     printed = capsys.readouterr().out
     assert code == 0 and "AUROC" in printed and "FPR at 95% TPR" in printed and "average" in printed
     rows = out.read_text().splitlines()
-    assert rows[0].startswith("id,ood,method,auroc,fpr95,aupr_in,aupr_out") and len(rows) == 4
+    assert rows[0].startswith("id,ood,method,auroc,fpr95,aupr_in,aupr_out") and len(rows) == 5
 
 
 def test_cli_reports_errors_cleanly(tmp_path, capsys):
