@@ -34,8 +34,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:1 …")
     p.add_argument("-k", "--steps", type=int, default=10, dest="k", help="trajectory steps K (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=64, help="images per network call (default: %(default)s)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
-                   help="network precision; fp32 is exact, bf16/fp16 autocast are faster on GPU")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "bf16", "fp16"),
+                   help="network precision: fp32 (exact; TF32 off on GPUs), tf32 (TF32 matmuls on Ampere+ GPUs), "
+                        "bf16/fp16 autocast (faster on GPU); each has cache entries of its own")
     p.add_argument("--channels-last", action="store_true",
                    help="channels_last memory format for the network (faster on recent GPUs)")
     p.add_argument("--compile", action="store_true",
@@ -47,9 +48,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (and exit status 2), pointing at --help."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="diffpath", description=DESCRIPTION,
+    parser = OneLineParser(prog="diffpath", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     f = sub.add_parser("features", help="compute (and cache) path statistics and features of one image set")
@@ -65,18 +74,27 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--datasets", nargs="+", default=[], help="evaluate every ordered pair of these")
     e.add_argument("--id", dest="id_set", default=None, help="one ID dataset (with --ood)")
     e.add_argument("--ood", nargs="+", default=[], help="OOD datasets or folders for --id")
+    e.add_argument("--id-test", default=None, metavar="FOLDER",
+                   help="folder of ID test images for a folder --id (then --id trains on all its images); "
+                        "without it a folder --id is split into disjoint halves, ID-train and ID-test (seeded)")
     e.add_argument("--pair", nargs="+", default=[], metavar="ID:OOD", help="extra pairs, e.g. fmnist_tops:fmnist_footwear")
-    e.add_argument("--methods", nargs="+", default=["DiffPath-1D", "DiffPath-6D", "DiffPathV2"],
-                   help="DiffPath-1D DiffPath-6D DiffPathV2 Reconstruction (default: the first three)")
+    e.add_argument("--methods", nargs="+", default=["DiffPath-1D", "DiffPath-6D", "DiffPathV2", "DiffPathV2-PS"],
+                   help="DiffPath-1D DiffPath-6D DiffPathV2 (the published methods), DiffPathV2-PS (this project's "
+                        "per-step variant), Reconstruction (baseline); default: the first four")
+    e.add_argument("--density", default="compact", choices=("compact", "reference"),
+                   help="density setting: 'compact' grid (fast, small ID sets) or DiffPath's own 'reference' grid "
+                        "(GMM 50/100 components × 4 covariance types, 10-fold CV; KDE bandwidth 5)")
     e.add_argument("--n-train", type=int, default=2000, help="ID training images per set (default: %(default)s)")
     e.add_argument("--n-test", type=int, default=1000, help="test images per set (default: %(default)s)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", default=None, help="write the full table (all metrics) as CSV")
     _common(e)
 
-    s = sub.add_parser("select", help="rank DiffPathV2 formulations on the validation protocol (ID data only)")
+    s = sub.add_parser("select", help="rank DiffPathV2's open switches (and this project's variants) on the "
+                                      "validation protocol (ID data only)")
     s.add_argument("--id", dest="id_set", default="fashion_mnist")
     s.add_argument("--n-train", type=int, default=2000)
+    s.add_argument("--density", default="compact", choices=("compact", "reference"))
     s.add_argument("--out", default=None, help="write the ranking as CSV")
     _common(s)
 
@@ -123,30 +141,39 @@ def _network(args, model):
 def cmd_features(args) -> int:
     from . import distributed
     from .api import DiffPathV2
-    from .data import load_images
+    from .data import is_folder_source, load_images
     from .features import diffpath_statistics
 
     rank, world, device = distributed.setup()  # under torchrun: one shard per process / GPU
     args.device = device if world > 1 else args.device
     model = _model(args)
-    images = load_images(args.source, args.split, size=model.image_size, channels=model.in_channels,
-                         limit=args.limit, resize_images=args.resize, convert=args.convert_channels)
-    stats = distributed.path_statistics(model, images, cache_dir=args.cache_dir, k=args.k,
-                                        batch_size=args.batch_size, precision=args.precision,
-                                        progress=not args.quiet, chunk_size=args.chunk_size,
-                                        network=_network(args, model))
+    images = load_images(args.source, None if is_folder_source(args.source) else args.split, size=model.image_size,
+                         channels=model.in_channels, limit=args.limit, resize_images=args.resize,
+                         convert=args.convert_channels)
+    if images.meta.get("skipped") is not None:
+        skipped = images.meta["skipped"]
+        print(f"{images.name}: {len(images)} images; skipped {skipped['hidden']} hidden and "
+              f"{skipped['not an image']} non-image file(s)", file=sys.stderr)
+    network = _network(args, model)
+    v2_detector = DiffPathV2(model, k=args.k)
+    stats = {}
+    for reading in dict.fromkeys(("path",) + v2_detector.readings):  # "path" holds DiffPath's statistics
+        stats.update(distributed.path_statistics(model, images, cache_dir=args.cache_dir, k=args.k,
+                                                 batch_size=args.batch_size, precision=args.precision,
+                                                 progress=not args.quiet, chunk_size=args.chunk_size,
+                                                 network=network, reading=reading))
     distributed.teardown()
     if rank != 0:
         return 0
     twelve = diffpath_statistics(stats)
-    v2 = DiffPathV2(model, k=args.k).features_from_statistics(stats)
+    v2 = v2_detector.features_from_statistics(stats)
     print(f"{len(images)} images of {images.name} ({images.split}); model {model.describe()}; K={args.k}"
           + (f"; {world} processes" if world > 1 else ""))
     for name in ("eps_sum_sq_sqrt", "deps_dt_sq_sqrt"):
         print(f"  {name:>16}: mean {twelve[name].mean():.4g}, std {twelve[name].std():.4g}")
-    print(f"  DiffPathV2 features: {v2.shape[1]} per image")
+    print(f"  DiffPathV2 features ({v2_detector.form.label()}): {v2.shape[1]} per image")
     if args.out:
-        from .cache import atomic_savez
+        from .store import atomic_savez
 
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -160,22 +187,28 @@ def cmd_evaluate(args) -> int:
 
     pairs = ordered_pairs(args.datasets) + [parse_pair(p) for p in args.pair]
     if args.id_set:
+        if not args.ood:
+            raise UsageError("--id needs --ood (one or more OOD datasets or folders)")
         pairs += [(args.id_set, o) for o in args.ood]
+    if args.id_test and not args.id_set:
+        raise UsageError("--id-test goes with --id")
     if not pairs:
-        raise SystemExit("diffpath evaluate: nothing to do; give --datasets A B …, --id A --ood B …, or --pair A:B")
+        raise UsageError("nothing to do; give --datasets A B …, --id A --ood B …, or --pair A:B")
+    check_sources([s for pair in pairs for s in pair] + ([args.id_test] if args.id_test else []))
     model = _model(args)
     print(f"model: {model.describe()} on {model.device}; K={args.k}; {len(pairs)} pair(s); "
           f"up to {args.n_train} ID-train / {args.n_test} test images per set", file=sys.stderr)
     ev = Evaluation(model, k=args.k, n_train=args.n_train, n_test=args.n_test, seed=args.seed,
                     batch_size=args.batch_size, cache_dir=args.cache_dir, precision=args.precision,
                     progress=not args.quiet, resize=args.resize, convert=args.convert_channels,
-                    network=_network(args, model))
+                    network=_network(args, model), density=args.density,
+                    id_test={args.id_set: args.id_test} if args.id_test else None)
     t0 = time.perf_counter()
     result = ev.run(pairs, args.methods)
     print("\nAUROC (higher is better)\n" + result.table("auroc"))
     print("\nFPR at 95% TPR (lower is better)\n" + result.table("fpr95"))
-    print(f"\n{time.perf_counter() - t0:.1f} s in all; hyper-parameters chosen by cross-validation on ID "
-          "training features only")
+    print(f"\n{time.perf_counter() - t0:.1f} s in all; density setting {args.density!r}, hyper-parameters chosen "
+          "by cross-validation on ID training features only")
     if args.out:
         result.write_csv(args.out)
         print(f"wrote {args.out}")
@@ -191,10 +224,11 @@ def cmd_select(args) -> int:
     train = load_images(args.id_set, "train", size=model.image_size, channels=model.in_channels, limit=args.n_train,
                         resize_images=args.resize, convert=args.convert_channels)
     rows = select_formulation(model, train, k=args.k, cache_dir=args.cache_dir, progress=not args.quiet,
-                              batch_size=args.batch_size, precision=args.precision, network=_network(args, model))
-    print(f"{'rank':>4}  {'mean AUROC':>10}  formulation")
+                              batch_size=args.batch_size, precision=args.precision, network=_network(args, model),
+                              density=args.density)
+    print(f"{'rank':>4}  {'mean AUROC':>10}  {'family':<11} switches")
     for i, r in enumerate(rows, 1):
-        print(f"{i:>4}  {r['mean_auroc']:>10.4f}  {r['label']}")
+        print(f"{i:>4}  {r['mean_auroc']:>10.4f}  {r['family']:<11} {r['label']}")
     if args.out:
         write_rows_csv(rows, args.out)
         print(f"wrote {args.out}")
@@ -217,7 +251,7 @@ def cmd_download(args) -> int:
 
     for name in args.names:
         if name not in SOURCES:
-            raise SystemExit(f"diffpath download: unknown paper dataset {name!r}; known: {', '.join(SOURCES)}")
+            raise UsageError(f"unknown paper dataset {name!r}; known: {', '.join(SOURCES)}")
         print(f"{name}: {ensure(name, args.data_dir, download=True)}")
     return 0
 
@@ -242,16 +276,39 @@ def cmd_models(args) -> int:
     return 0
 
 
+class UsageError(Exception):
+    """A mistake in how the command was called (the message says what to give instead)."""
+
+
+def check_sources(sources) -> None:
+    """Every source is a registered dataset or an existing folder, before any work."""
+    from .data import DATASETS, _register_paper_datasets, is_folder_source
+
+    _register_paper_datasets()
+    for source in dict.fromkeys(sources):
+        if is_folder_source(source):
+            if not Path(source).is_dir():
+                raise UsageError(f"{source}: no such folder")
+        elif source not in DATASETS:
+            raise UsageError(f"unknown dataset {source!r}; `diffpath datasets` lists them (or give a folder path)")
+
+
 def main(argv=None) -> int:
+    """Run one command. Mistakes print one line naming the problem and return 2; --debug shows the traceback."""
     from .errors import DiffPathError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     handler = {"features": cmd_features, "evaluate": cmd_evaluate, "select": cmd_select, "train": cmd_train,
                "download": cmd_download, "datasets": cmd_datasets, "models": cmd_models}[args.command]
     try:
         return handler(args)
-    except DiffPathError as exc:
-        print(f"diffpath: error: {exc}", file=sys.stderr)
+    except (DiffPathError, UsageError, ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
+        if args.debug:
+            raise
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"diffpath: error: {message}" + ("" if isinstance(exc, (DiffPathError, UsageError))
+                                               else f" ({type(exc).__name__}; --debug shows where)"), file=sys.stderr)
         return 2
 
 

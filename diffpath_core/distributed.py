@@ -5,13 +5,20 @@
 Each rank computes its own chunks (i ≡ rank mod world) into the shared cache entry; after a barrier,
 rank 0 merges them in order into the same ``stats.npz`` a single process writes, and every rank then
 reads it. A crashed rank loses nothing already written: rerun and only missing chunks are computed.
+
+A resumed job has uneven work: ranks whose chunks are all on disk wait at the barrier while the others
+compute. The process group's timeout therefore covers a whole extraction (default 24 hours;
+``DIFFPATH_DIST_TIMEOUT_MINUTES`` sets it), not NCCL's default of minutes.
 """
 from __future__ import annotations
 
+import datetime
 import os
 
 import torch
 import torch.distributed as dist
+
+DEFAULT_TIMEOUT_MINUTES = 24 * 60
 
 from .cache import extract_path_statistics
 
@@ -24,15 +31,20 @@ def setup() -> tuple[int, int, str]:
     """Join the process group torchrun prepared: (rank, world size, device); (0, 1, 'auto') otherwise."""
     if not launched_by_torchrun():
         return 0, 1, "auto"
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if torch.cuda.is_available():
+    device = "cpu"
+    if torch.cuda.is_available():  # bind this process to its GPU before NCCL creates any context
         local = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
-    else:
-        device = "cpu"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout())
     return dist.get_rank(), dist.get_world_size(), device
+
+
+def timeout() -> datetime.timedelta:
+    """How long a rank may wait at a barrier for the others (``DIFFPATH_DIST_TIMEOUT_MINUTES``, default 24 h)."""
+    minutes = float(os.environ.get("DIFFPATH_DIST_TIMEOUT_MINUTES", DEFAULT_TIMEOUT_MINUTES))
+    return datetime.timedelta(minutes=minutes)
 
 
 def path_statistics(model, images, *, cache_dir, **kwargs):

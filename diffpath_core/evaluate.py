@@ -9,6 +9,7 @@ import csv
 import hashlib
 import io
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from itertools import permutations
@@ -16,28 +17,39 @@ from pathlib import Path
 
 import numpy as np
 
-from .api import DiffPath, DiffPathV2
-from .cache import atomic_savez, atomic_write_bytes, extract_path_statistics
-from .data import dataset_title, load_images
+from .api import BorderMean, DiffPath, DiffPathV2, DiffPathV2Variant
+from .cache import extract_path_statistics
+from .store import atomic_savez, atomic_write_bytes
+from .data import dataset_title, is_folder_source, load_images
+from .errors import InputError
 from .features import reconstruction_score
 from .metrics import all_metrics
 from .models import DiffusionModel
 
-METHODS = ("DiffPath-1D", "DiffPath-6D", "DiffPathV2")
-BASELINES = ("Reconstruction",)
+METHODS = ("DiffPath-1D", "DiffPath-6D", "DiffPathV2")  # the published methods
+VARIANTS = ("DiffPathV2-PS",)                             # this project's formulations, reported beside them
+BASELINES = ("Reconstruction", "Border mean")              # no diffusion features / no model at all
+METHOD_FACTORIES = {
+    "DiffPath-1D": lambda model, **kw: DiffPath(model, "1d", **kw),
+    "DiffPath-6D": lambda model, **kw: DiffPath(model, "6d", **kw),
+    "DiffPathV2": lambda model, **kw: DiffPathV2(model, **kw),
+    "DiffPathV2-PS": lambda model, **kw: DiffPathV2Variant(model, **kw),
+    "Border mean": lambda model, **kw: BorderMean(model, **kw),
+}
 
 
 def make_method(name: str, model: DiffusionModel, **kwargs):
     """A fresh detector for a method name (``Reconstruction`` has none: it needs no fitting)."""
-    if name == "DiffPath-1D":
-        return DiffPath(model, "1d", **kwargs)
-    if name == "DiffPath-6D":
-        return DiffPath(model, "6d", **kwargs)
-    if name == "DiffPathV2":
-        return DiffPathV2(model, **kwargs)
+    if name in METHOD_FACTORIES:
+        return METHOD_FACTORIES[name](model, **kwargs)
     if name == "Reconstruction":
         return None
-    raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS + BASELINES)}")
+    raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS + VARIANTS + BASELINES)}")
+
+
+def source_label(source: str) -> str:
+    """How a source appears in tables and CSVs: a registered name as it is, a folder by its own name."""
+    return dataset_title(source) if is_folder_source(source) else source
 
 
 def ordered_pairs(datasets) -> list[tuple[str, str]]:
@@ -46,8 +58,8 @@ def ordered_pairs(datasets) -> list[tuple[str, str]]:
 
 
 def parse_pair(text: str) -> tuple[str, str]:
-    if ":" not in text:
-        raise ValueError(f"a pair is written ID:OOD, got {text!r}")
+    if ":" not in text or text.startswith(":") or text.endswith(":"):
+        raise InputError(f"a pair is written ID:OOD (e.g. fmnist_tops:fmnist_footwear), got {text!r}")
     a, b = text.split(":", 1)
     return a, b
 
@@ -101,25 +113,53 @@ class Evaluation:
     def __init__(self, model: DiffusionModel, *, k: int = 10, n_train: int | None = 2000,
                  n_test: int | None = 2000, seed: int = 0, batch_size: int = 64, cache_dir=None,
                  precision: str = "fp32", progress: bool = True, resize: bool = False, convert: bool = False,
-                 network=None):
+                 network=None, density: str = "compact", id_test: dict | None = None):
         self.model, self.k, self.n_train, self.n_test, self.seed = model, k, n_train, n_test, seed
-        self.network = network
+        self.network, self.density = network, density
+        self.id_test = dict(id_test or {})  # ID source → a folder of its ID-test images
+        self.id_sources: set[str] = set()   # set by run(): folders among them are split into train / test
         self.batch_size, self.cache_dir, self.precision, self.progress = batch_size, cache_dir, precision, progress
         self.resize, self.convert = resize, convert
         self._stats: dict = {}
 
+    def resolve(self, source: str, split: str) -> tuple[str, str | None]:
+        """Where one split of a source comes from: (source, part), part None meaning a whole folder.
+
+        A folder that is an ID set is split into disjoint ID-train / ID-test parts, unless ``id_test`` gives its
+        ID-test images as a folder of their own (then it trains on all its images); a folder used only as OOD
+        is used whole; a registered dataset has its own splits.
+        """
+        if source in self.id_test:
+            return (self.id_test[source], None) if split == "test" else (source, None)
+        if is_folder_source(source):
+            return source, (split if source in self.id_sources else None)
+        return source, split
+
     def images(self, source: str, split: str):
-        return load_images(source, split, size=self.model.image_size, channels=self.model.in_channels,
+        where, part = self.resolve(source, split)
+        return load_images(where, part, size=self.model.image_size, channels=self.model.in_channels,
                            limit=self.n_train if split == "train" else self.n_test, seed=self.seed,
                            resize_images=self.resize, convert=self.convert)
 
-    def stats(self, source: str, split: str) -> dict[str, np.ndarray]:
-        if (source, split) not in self._stats:
-            self._stats[(source, split)] = extract_path_statistics(
-                self.model, self.images(source, split), k=self.k, precision=self.precision,
-                batch_size=self.batch_size, cache_dir=self.cache_dir, progress=self.progress, network=self.network,
-                desc=f"{dataset_title(source)} {split}: K={self.k} trajectories")
-        return self._stats[(source, split)]
+    def stats(self, source: str, split: str, readings=("path",)) -> dict[str, np.ndarray]:
+        """Statistics of one (dataset, split) for the given readings, merged (each reading cached on its own)."""
+        merged: dict[str, np.ndarray] = {}
+        where = self.resolve(source, split)
+        for reading in readings:
+            key = (where, split, reading)
+            if key not in self._stats:
+                images = self.images(source, split)
+                if images.meta.get("n_in_folder") is not None and self.progress:
+                    skipped = images.meta["skipped"]
+                    print(f"{dataset_title(source)} {split}: {len(images)} images (folder of {images.meta['n_in_folder']}, "
+                          f"part {images.meta['split']!r}, seed {self.seed}); skipped {skipped['hidden']} hidden and "
+                          f"{skipped['not an image']} non-image file(s)", file=sys.stderr)
+                self._stats[key] = extract_path_statistics(
+                    self.model, images, k=self.k, precision=self.precision, batch_size=self.batch_size,
+                    cache_dir=self.cache_dir, progress=self.progress, network=self.network, reading=reading,
+                    desc=f"{dataset_title(source)} {split}: K={self.k} trajectories")
+            merged.update(self._stats[key])
+        return merged
 
     def fit_and_score(self, det, id_name: str, targets: list[str]) -> tuple[dict[str, np.ndarray], str]:
         """Fit ``det`` on ID-train statistics, score the ID test set and each target's test set.
@@ -127,9 +167,9 @@ class Evaluation:
         Scores are cached (keyed by the detector's settings and a digest of every statistic it saw):
         a fitted density is deterministic in those, so a rebuild of the book refits nothing.
         """
-        train = self.stats(id_name, "train")
+        train = self.stats(id_name, "train", det.readings)
         names = [id_name] + [t for t in targets if t != id_name]
-        tests = {n: self.stats(n, "test") for n in names}
+        tests = {n: self.stats(n, "test", det.readings) for n in names}
         key = hashlib.sha256("|".join([det.token(), stats_digest(train)] +
                                       [f"{n}:{stats_digest(tests[n])}" for n in names]).encode()).hexdigest()[:20]
         path = Path(self.cache_dir) / "scores" / f"{key}.npz" if self.cache_dir else None
@@ -144,27 +184,34 @@ class Evaluation:
             atomic_savez(path, {**{f"score_{n}": v for n, v in scores.items()}, "describe": np.array(describe)})
         return scores, describe
 
-    def run(self, pairs, methods=METHODS) -> EvaluationResult:
-        """Every method on every (ID, OOD) pair; ``methods`` holds names or (label, factory(model, k=…)) pairs."""
+    def run(self, pairs, methods=METHODS + VARIANTS) -> EvaluationResult:
+        """Every method on every (ID, OOD) pair; ``methods`` holds names or (label, factory(model, k=…)) pairs.
+
+        Named methods get this evaluation's density setting; factories build their detector as they like.
+        """
         t0 = time.perf_counter()
         result = EvaluationResult()
+        self.id_sources |= {a for a, _ in pairs}
         for id_name in dict.fromkeys(a for a, _ in pairs):
             oods = [b for a, b in pairs if a == id_name]
             for method in methods:
                 label, factory = (method, None) if isinstance(method, str) else method
-                det = make_method(label, self.model, k=self.k) if factory is None else factory(self.model, k=self.k)
+                det = (make_method(label, self.model, k=self.k, density=self.density) if factory is None
+                       else factory(self.model, k=self.k))
                 if det is None:  # the reconstruction baseline needs no density
                     scores = {n: reconstruction_score(self.stats(n, "test")) for n in [id_name] + oods}
-                    describe = "none"
+                    describe, n_train = "none", 0
                 else:
                     scores, describe = self.fit_and_score(det, id_name, oods)
+                    n_train = len(next(iter(self.stats(id_name, "train", det.readings).values())))
                 for ood in oods:
                     s_id, s_ood = scores[id_name], scores[ood]
                     result.scores[(label, id_name, ood)] = (s_id, s_ood)
-                    result.rows.append({"id": id_name, "ood": ood, "method": label,
+                    result.rows.append({"id": source_label(id_name), "ood": source_label(ood), "method": label,
                                         **{m: round(v, 4) for m, v in all_metrics(s_id, s_ood).items()},
-                                        "n_id_train": len(self.stats(id_name, "train")["eps_s1"]),
-                                        "n_id_test": len(s_id), "n_ood_test": len(s_ood), "k": self.k,
-                                        "detector": describe, "model": self.model.source.get("name", "model")})
+                                        "n_id_train": n_train, "n_id_test": len(s_id), "n_ood_test": len(s_ood),
+                                        "k": self.k, "detector": describe,
+                                        "density": self.density if factory is None else "custom",
+                                        "model": self.model.source.get("name", "model")})
         result.seconds = time.perf_counter() - t0
         return result

@@ -36,12 +36,18 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 class DiffusionModel(nn.Module):
     """A UNet predicting noise, the ᾱ table it was trained with, and how it reads timesteps."""
 
+    PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
     def __init__(self, unet: nn.Module, alphas_cumprod: np.ndarray, timestep_scale: float = 1.0,
-                 source: dict | None = None):
+                 source: dict | None = None, prediction_type: str = "epsilon"):
         super().__init__()
+        if prediction_type not in self.PREDICTION_TYPES:
+            raise CheckpointError(f"{(source or {}).get('name', 'model')}: prediction_type {prediction_type!r} is not "
+                                  f"supported; known: {', '.join(self.PREDICTION_TYPES)}")
         self.unet = unet
         self.alphas_cumprod = np.asarray(alphas_cumprod, dtype=np.float64)
         self.timestep_scale = float(timestep_scale)
+        self.prediction_type = prediction_type
         self.source = dict(source or {})
         self._weights_hash: str | None = None
 
@@ -68,11 +74,19 @@ class DiffusionModel(nn.Module):
 
     def predict_eps(self, x: torch.Tensor, net_timestep: float | torch.Tensor) -> torch.Tensor:
         """ε_θ(x, t) for a batch at one network timestep (a number, or a (B,) tensor); learned-variance
-        channels are dropped."""
+        channels are dropped. v- and x0-predicting models are converted to ε exactly:
+        ε = √ᾱ v + √(1−ᾱ) x  (v = √ᾱ ε − √(1−ᾱ) x0),  ε = (x − √ᾱ x0)/√(1−ᾱ)."""
         t = (net_timestep if isinstance(net_timestep, torch.Tensor)
              else torch.full((x.shape[0],), float(net_timestep), device=x.device))
-        out = self.unet(x, t).sample
-        return out[:, : x.shape[1]]
+        out = self.unet(x, t).sample[:, : x.shape[1]]
+        if self.prediction_type == "epsilon":
+            return out
+        index = torch.round(t.detach().double().cpu() / self.timestep_scale).long().clamp(0, len(self.alphas_cumprod) - 1)
+        a = torch.as_tensor(self.alphas_cumprod)[index].view(-1, 1, 1, 1)
+        sqrt_a, sqrt_1ma = a.sqrt().to(x.device, out.dtype), (1 - a).sqrt().to(x.device, out.dtype)
+        if self.prediction_type == "v_prediction":
+            return sqrt_a * out + sqrt_1ma * x
+        return (x - sqrt_a * out) / sqrt_1ma
 
     def forward(self, x: torch.Tensor, net_timestep: float | torch.Tensor) -> torch.Tensor:
         return self.predict_eps(x, net_timestep)
@@ -86,6 +100,8 @@ class DiffusionModel(nn.Module):
                 h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
             h.update(np.asarray(self.alphas_cumprod, dtype=np.float64).tobytes())
             h.update(repr(self.timestep_scale).encode())
+            if self.prediction_type != "epsilon":  # ε-models keep the hash (and cache entries) they had
+                h.update(self.prediction_type.encode())
             self._weights_hash = h.hexdigest()[:16]
         return self._weights_hash
 
@@ -127,9 +143,10 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def load_improved_diffusion(path: str | os.PathLike, config: str | ImprovedDiffusionConfig = "celeba32",
                             device="cpu") -> DiffusionModel:
     """An official DiffPath / improved-diffusion checkpoint, converted to diffusers on load."""
-    cfg = PRESETS[config] if isinstance(config, str) else config
     if isinstance(config, str) and config not in PRESETS:
-        raise CheckpointError(f"unknown improved-diffusion preset {config!r}; known: {sorted(PRESETS)}")
+        raise CheckpointError(f"unknown improved-diffusion preset {config!r}; known: {', '.join(sorted(PRESETS))} "
+                              "(or a JSON file of ImprovedDiffusionConfig fields)")
+    cfg = PRESETS[config] if isinstance(config, str) else config
     state = load_state_dict_file(path)
     unet = build_unet(cfg)
     load_converted(unet, state, cfg, str(path))
@@ -153,7 +170,9 @@ def load_diffusers(path_or_id: str, device="cpu", subfolder: str | None = None) 
         raise CheckpointError(f"model folder {path_or_id} not found")
     unet_sub = subfolder or ("unet" if (not local or (root / "unet").is_dir()) else None)
     try:
-        unet = UNet2DModel.from_pretrained(path_or_id, subfolder=unet_sub, use_safetensors=True)
+        # low_cpu_mem_usage=False: full-precision load without `accelerate` (and without its install notice)
+        unet = UNet2DModel.from_pretrained(path_or_id, subfolder=unet_sub, use_safetensors=True,
+                                           low_cpu_mem_usage=False)
         sched_sub = "scheduler" if (not local or (root / "scheduler").is_dir()) else None
         scheduler = DDPMScheduler.from_pretrained(path_or_id, subfolder=sched_sub)
     except (OSError, ValueError) as exc:
@@ -161,7 +180,8 @@ def load_diffusers(path_or_id: str, device="cpu", subfolder: str | None = None) 
     acp = scheduler.alphas_cumprod.double().numpy()
     model = DiffusionModel(unet.eval(), acp, 1.0,
                            source={"kind": "diffusers", "name": root.name if local else path_or_id,
-                                   "path": str(path_or_id)})
+                                   "path": str(path_or_id)},
+                           prediction_type=scheduler.config.get("prediction_type", "epsilon"))
     return model.to(resolve_device(device))
 
 
@@ -186,6 +206,8 @@ def load_model(spec: str = DEFAULT_MODEL, device="auto", config: str | None = No
     if path.suffix.lower() in (".pt", ".pth", ".safetensors", ".npz", ".bin") or path.is_file():
         cfg: str | ImprovedDiffusionConfig = config or "celeba32"
         if config and config.endswith(".json"):
+            if not Path(config).is_file():
+                raise CheckpointError(f"model config {config} not found")
             fields = json.loads(Path(config).read_text())
             fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
             cfg = ImprovedDiffusionConfig(**fields)

@@ -83,3 +83,78 @@ def test_cache_hit_and_key(tiny_model, tiny_images, tmp_path):
     extract_path_statistics(tiny_model, tiny_images[:-1], k=3, cache_dir=tmp_path, progress=False)
     assert len(list(tmp_path.iterdir())) == 3, "other K or other images must not hit the same entry"
     assert not list(Path(tmp_path).rglob("*.tmp"))
+
+
+def test_entry_is_bound_to_chunk_size_and_precision(tiny_model, tiny_images, tmp_path):
+    """Anything that changes the numbers or the chunking gets an entry of its own."""
+    for kwargs in ({}, {"chunk_size": 8}, {"chunk_size": 16}, {"precision": "tf32"}, {"precision": "bf16"}):
+        extract_path_statistics(tiny_model, tiny_images, k=2, cache_dir=tmp_path, progress=False, **kwargs)
+    assert len(list(tmp_path.iterdir())) == 5
+    from diffpath_core.cache import trajectory_settings
+
+    cpu = trajectory_settings(10, True, "fp32")
+    assert cpu == {"k": 10, "clip": True, "precision": "fp32", "stats": cache.STATS_VERSION}, "CPU keys unchanged"
+    assert trajectory_settings(10, True, "fp32", device_type="cuda")["device"] == "cuda"
+
+
+def test_stale_temp_files_are_cleaned(tiny_model, tiny_images, tmp_path):
+    first = extract_path_statistics(tiny_model, tiny_images, k=2, cache_dir=tmp_path, progress=False, chunk_size=8)
+    entry = next(tmp_path.iterdir())
+    (entry / "stats.npz").unlink()  # as if the merge had not happened yet
+    dead = entry / "chunks" / ".00001.npz.2147483646.tmp"  # a writer that no longer runs
+    dead.write_bytes(b"half a chunk")
+    again = extract_path_statistics(tiny_model, tiny_images, k=2, cache_dir=tmp_path, progress=False, chunk_size=8)
+    assert not dead.exists()
+    np.testing.assert_array_equal(first["eps_s2"], again["eps_s2"])
+
+
+def test_two_writers_of_one_entry_compute_each_chunk_once(tiny_model, tiny_images, tmp_path):
+    """Two extractions of the same entry at once: each chunk is computed by one of them, both get the same."""
+    import threading
+
+    real, computed, lock = cache.batch_path_statistics, [], threading.Lock()
+
+    def slow_and_counted(model, x, *a, **k):
+        time.sleep(0.2)
+        with lock:
+            computed.append(len(x))
+        return real(model, x, *a, **k)
+
+    cache.batch_path_statistics = slow_and_counted
+    results = [None, None]
+    try:
+        def run(i):
+            results[i] = extract_path_statistics(tiny_model, tiny_images, k=2, batch_size=8, chunk_size=8,
+                                                 cache_dir=tmp_path, progress=False)
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        cache.batch_path_statistics = real
+    assert sum(computed) == len(tiny_images), "no chunk computed twice"
+    for key in results[0]:
+        np.testing.assert_array_equal(results[0][key], results[1][key])
+
+
+def test_fp32_turns_tf32_off_while_the_network_runs_and_restores_it():
+    import torch.backends.cuda
+    import torch.backends.cudnn
+
+    from diffpath_core.trajectory import autocast_context
+
+    seen = {}
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        for user_setting in (True, False):
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = user_setting
+            for precision in ("fp32", "tf32"):
+                with autocast_context(torch.device("cuda"), precision):
+                    seen[(user_setting, precision)] = (torch.backends.cuda.matmul.allow_tf32,
+                                                       torch.backends.cudnn.allow_tf32)
+                assert torch.backends.cuda.matmul.allow_tf32 is user_setting, "the caller's setting is restored"
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+    assert all(v == (False, False) for (u, p), v in seen.items() if p == "fp32")
+    assert all(v == (True, True) for (u, p), v in seen.items() if p == "tf32")

@@ -45,3 +45,65 @@ def test_torchrun_two_processes_equal_single_process(tiny_model_dir, tiny_model,
     with np.load(tmp_path / "sharded.npz") as sharded:
         for key, value in single.items():
             np.testing.assert_array_equal(sharded[f"path_{key}"], value, err_msg=key)
+
+
+KILLER = '''
+import os, signal, sys
+import diffpath_core.cache as cache
+
+original, calls = cache.batch_path_statistics, [0]
+
+
+def batch_then_maybe_die(*args, **kwargs):
+    out = original(*args, **kwargs)
+    calls[0] += 1
+    if os.environ.get("RANK") == "1" and calls[0] >= int(os.environ.get("DIE_AFTER_BATCHES", "0") or 10**9):
+        os.kill(os.getpid(), signal.SIGKILL)  # a rank lost mid-extraction, after its first chunk is on disk
+    return out
+
+
+cache.batch_path_statistics = batch_then_maybe_die
+from diffpath_core.cli import main
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def test_torchrun_rank_killed_then_resumed_equals_single_process(tiny_model_dir, tiny_model, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(48):
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8), "L").save(folder / f"{i:03d}.png")
+    script = tmp_path / "features_or_die.py"
+    script.write_text(KILLER)
+    cache = tmp_path / "cache"
+
+    def torchrun(die_after: int):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+               "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(script), "features", str(folder),
+               "--model", str(tiny_model_dir), "-k", "3", "--batch-size", "4", "--chunk-size", "8",
+               "--cache-dir", str(cache), "--out", str(tmp_path / "sharded.npz"), "--quiet"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "DIE_AFTER_BATCHES": str(die_after or ""),
+               "DIFFPATH_DIST_TIMEOUT_MINUTES": "5"}
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+    killed = torchrun(die_after=3)  # rank 1 writes its first chunk (2 batches), dies in its second
+    assert killed.returncode != 0
+    written = {p: p.read_bytes() for p in cache.glob("*/chunks/*.npz")}
+    assert 0 < len(written) < 6 and not list(cache.glob("*/stats.npz"))
+    assert any(p.name == "00001.npz" for p in written), "rank 1's first chunk survived the kill"
+
+    resumed = torchrun(die_after=0)  # rank 0 has nothing left and waits; rank 1 finishes its chunks
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    for path, content in written.items():
+        assert path.read_bytes() == content, f"{path.name} was recomputed"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = extract_path_statistics(tiny_model, load_image_folder(folder, size=16, channels=1), k=3,
+                                         batch_size=4, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    with np.load(tmp_path / "sharded.npz") as sharded:
+        for key, value in single.items():
+            np.testing.assert_array_equal(sharded[f"path_{key}"], value, err_msg=key)

@@ -31,6 +31,8 @@ def test_paper_profile_stops_before_any_work(tmp_path, monkeypatch):
         assert f"{name}: missing" in text
     assert "cifar-10-binary.tar.gz" in text and str(tmp_path / "data" / "cifar10") in text
     assert "model: checkpoint" in text and "celeba_ema_0.9999_499999.pt not found" in text
+    assert "would run on the CPU" in text, "no GPU here, and device is 'auto'"
+    assert "would run on the CPU" not in "\n".join(preflight({**params, "device": "cpu"}))
     out = tmp_path / "generated"
     with pytest.raises(SystemExit, match="nothing was computed"):
         run(params, output_dir=out)
@@ -48,13 +50,41 @@ def test_misspelt_parameter_stops_before_any_work(tmp_path):
     assert not (tmp_path / "generated").exists()
 
 
-def test_every_profile_parameter_is_declared_by_the_notebooks():
-    """Each notebook runs standalone with its own defaults: nothing it reads may exist only when injected."""
+def test_notebooks_declare_exactly_what_they_read():
+    """Each notebook declares only the parameters its code reads; together they read every profile key.
+
+    (That nothing read exists only when injected is checked by running each notebook on its own defaults,
+    tests/test_book.py::test_notebooks_run_by_hand_from_the_notebooks_folder.)
+    """
+    import re
+
+    import nbformat
     import papermill
 
     from diffpath_core.book import NOTEBOOKS, ROOT
 
+    union = set()
     for name in NOTEBOOKS:
-        declared = set(papermill.inspect_notebook(str(ROOT / "notebooks" / f"{name}.ipynb")))
-        for profile in ("offline", "paper"):
-            assert set(load_profile(profile)) <= declared, (name, profile, set(load_profile(profile)) - declared)
+        path = ROOT / "notebooks" / f"{name}.ipynb"
+        declared = set(papermill.inspect_notebook(str(path)))
+        body = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells
+                         if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", []))
+        unread = {p for p in declared if not re.search(rf"\b{p}\b", body)}
+        assert not unread, f"{name} declares parameters it never reads: {sorted(unread)}"
+        union |= declared
+    for profile in ("offline", "paper"):
+        assert set(load_profile(profile)) <= union, (profile, set(load_profile(profile)) - union)
+
+
+def test_paper_preflight_finds_a_missing_training_file(tmp_path, monkeypatch):
+    """Test files present, one training file absent: found before any work, not hours in."""
+    from diffpath_core.paper_datasets import SOURCES, check_available
+
+    monkeypatch.setenv("DIFFPATH_DATA", str(tmp_path))
+    for rel in SOURCES["cifar10"].needs(("train", "test")):
+        (tmp_path / "cifar10" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "cifar10" / rel).write_bytes(b"x")
+    assert check_available(["cifar10"]) == []
+    (tmp_path / "cifar10" / "cifar-10-batches-bin" / "data_batch_3.bin").unlink()
+    problems = check_available(["cifar10"])
+    assert len(problems) == 1 and "data_batch_3.bin" in problems[0]
