@@ -103,7 +103,8 @@ class GMMDetector:
         x = _as_2d(features, "GMM fit", at_least=2 * self.cv)
         comps = [c for c in self.components if c <= max(1, len(x) * (self.cv - 1) // self.cv)] or [1]
         pipe = Pipeline([("scaler", StandardScaler()),
-                         ("gmm", GaussianMixture(max_iter=self.max_iter, random_state=self.seed, reg_covar=self.reg_covar))])
+                         ("gmm", GaussianMixture(max_iter=self.max_iter, random_state=self.seed,
+                                                 reg_covar=self.reg_covar))])
         grid = {"gmm__n_components": comps, "gmm__covariance_type": list(self.covariance_types)}
         search = GridSearchCV(pipe, grid, cv=min(self.cv, len(x)), n_jobs=self.n_jobs, error_score=-np.inf)
         search.fit(x)

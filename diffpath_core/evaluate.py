@@ -151,7 +151,8 @@ class Evaluation:
                 images = self.images(source, split)
                 if images.meta.get("n_in_folder") is not None and self.progress:
                     skipped = images.meta["skipped"]
-                    print(f"{dataset_title(source)} {split}: {len(images)} images (folder of {images.meta['n_in_folder']}, "
+                    print(f"{dataset_title(source)} {split}: {len(images)} images "
+                          f"(folder of {images.meta['n_in_folder']}, "
                           f"part {images.meta['split']!r}, seed {self.seed}); skipped {skipped['hidden']} hidden and "
                           f"{skipped['not an image']} non-image file(s)", file=sys.stderr)
                 self._stats[key] = extract_path_statistics(

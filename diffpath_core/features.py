@@ -82,7 +82,8 @@ def score_error(traj: Trajectory | NoisedEstimates) -> torch.Tensor:
 def _pairwise_dissimilarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """D between two (B, K, C, H, W) stacks, step by step → (B, K, 1, H, W)."""
     bsz, k, ch, h, w = b.shape
-    return dissimilarity(a.expand_as(b).reshape(bsz * k, ch, h, w), b.reshape(bsz * k, ch, h, w)).reshape(bsz, k, 1, h, w)
+    flat = dissimilarity(a.expand_as(b).reshape(bsz * k, ch, h, w), b.reshape(bsz * k, ch, h, w))
+    return flat.reshape(bsz, k, 1, h, w)
 
 
 def dissimilarity_maps(traj: Trajectory | NoisedEstimates) -> torch.Tensor:

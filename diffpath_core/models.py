@@ -81,7 +81,8 @@ class DiffusionModel(nn.Module):
         out = self.unet(x, t).sample[:, : x.shape[1]]
         if self.prediction_type == "epsilon":
             return out
-        index = torch.round(t.detach().double().cpu() / self.timestep_scale).long().clamp(0, len(self.alphas_cumprod) - 1)
+        index = torch.round(t.detach().double().cpu() / self.timestep_scale).long()
+        index = index.clamp(0, len(self.alphas_cumprod) - 1)
         a = torch.as_tensor(self.alphas_cumprod)[index].view(-1, 1, 1, 1)
         sqrt_a, sqrt_1ma = a.sqrt().to(x.device, out.dtype), (1 - a).sqrt().to(x.device, out.dtype)
         if self.prediction_type == "v_prediction":

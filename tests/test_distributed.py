@@ -18,6 +18,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _assert_equals_single_process(model, folder, sharded_npz):
+    """The statistics one process computes, at one thread as each torchrun process: bitwise equal."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # same batches, same kernels → bitwise equal
+    try:
+        single = extract_path_statistics(model, load_image_folder(folder, size=16, channels=1), k=3,
+                                         batch_size=4, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    with np.load(sharded_npz) as sharded:
+        for key, value in single.items():
+            np.testing.assert_array_equal(sharded[f"path_{key}"], value, err_msg=key)
+
+
 def test_torchrun_two_processes_equal_single_process(tiny_model_dir, tiny_model, tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()
@@ -35,16 +49,7 @@ def test_torchrun_two_processes_equal_single_process(tiny_model_dir, tiny_model,
     chunks = sorted((tmp_path / "cache").glob("*/chunks/*.npz"))
     assert len(chunks) == 5, "40 images in chunks of 8, shared by both ranks"
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each torchrun process: same batches, same kernels → bitwise equal
-    try:
-        single = extract_path_statistics(tiny_model, load_image_folder(folder, size=16, channels=1), k=3,
-                                         batch_size=4, progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    with np.load(tmp_path / "sharded.npz") as sharded:
-        for key, value in single.items():
-            np.testing.assert_array_equal(sharded[f"path_{key}"], value, err_msg=key)
+    _assert_equals_single_process(tiny_model, folder, tmp_path / "sharded.npz")
 
 
 KILLER = '''
@@ -97,13 +102,4 @@ def test_torchrun_rank_killed_then_resumed_equals_single_process(tiny_model_dir,
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     for path, content in written.items():
         assert path.read_bytes() == content, f"{path.name} was recomputed"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        single = extract_path_statistics(tiny_model, load_image_folder(folder, size=16, channels=1), k=3,
-                                         batch_size=4, progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    with np.load(tmp_path / "sharded.npz") as sharded:
-        for key, value in single.items():
-            np.testing.assert_array_equal(sharded[f"path_{key}"], value, err_msg=key)
+    _assert_equals_single_process(tiny_model, folder, tmp_path / "sharded.npz")
