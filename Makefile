@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PROFILE ?= offline
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: env book notebooks html test browser-deps bench clean-book
+.PHONY: env book notebooks html lab test browser-deps bench clean-book
 
 env: $(STAMP)
 
@@ -24,6 +24,10 @@ notebooks: $(STAMP)
 html: $(STAMP)
 	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going --quiet
 
+## lab: JupyterLab on notebooks/ with the project's environment (run the notebooks by hand; classroom)
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/
+
 ## test: the whole test suite on CPU (installs Chromium and its driver for the browser check where missing)
 test: $(STAMP) browser-deps
 	$(PY) -m pytest -q
@@ -33,9 +37,10 @@ browser-deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	  else echo "chromium or chromedriver missing: install Debian's chromium and chromium-driver packages for the browser test"; fi; }
 
-## bench: throughput and overhead figures (prints, never asserts)
+## bench: throughput, overhead and density-fit figures (prints, never asserts)
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/density_fit.py
 
 clean-book:
 	rm -rf _build book/generated results/$(PROFILE)

@@ -17,14 +17,15 @@ def _plt():
     return plt
 
 
-def save(fig, results_dir, name: str) -> list[Path]:
-    """Write ``name``.png and ``name``.svg into ``results_dir`` (the citable copies of a figure)."""
+def save(fig, results_dir, name: str) -> None:
+    """Write ``name``.png and ``name``.svg into ``results_dir`` (the citable copies of a figure).
+
+    Returns nothing, so a notebook cell ending with it shows the figure, not paths of the machine.
+    """
     out = Path(results_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{name}.png", out / f"{name}.svg"]
-    fig.savefig(paths[0], dpi=130, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
-    return paths
+    fig.savefig(out / f"{name}.png", dpi=130, bbox_inches="tight")
+    fig.savefig(out / f"{name}.svg", bbox_inches="tight")
 
 
 def _show(ax, img: torch.Tensor, **kw):
@@ -157,14 +158,23 @@ def roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str):
 
 
 def heatmap(table, title: str, fmt: str = ".3f", cmap: str = "viridis", vmin=None, vmax=None):
-    """A seaborn heatmap of a pandas DataFrame (rows × columns), values annotated."""
+    """A seaborn heatmap of a pandas DataFrame (rows × columns), values annotated, sized to read at page width.
+
+    Column labels are wrapped and kept horizontal; put the longer list of names on the rows.
+    """
+    import textwrap
+
     import seaborn as sns
 
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(1.3 + 1.1 * table.shape[1], 0.9 + 0.42 * table.shape[0]))
+    n_rows, n_cols = table.shape
+    fig, ax = plt.subplots(figsize=(2.8 + 1.25 * n_cols, 1.2 + 0.42 * n_rows))
     sns.heatmap(table.astype(float), annot=True, fmt=fmt, cmap=cmap, vmin=vmin, vmax=vmax, ax=ax,
-                cbar_kws={"label": "AUROC"})
-    ax.set_title(title)
+                annot_kws={"size": 10}, linewidths=0.5, cbar_kws={"label": "AUROC", "shrink": 0.8})
+    ax.set_xticklabels([textwrap.fill(str(c), 12) for c in table.columns], rotation=0, fontsize=9)
+    ax.set_yticklabels([str(r) for r in table.index], rotation=0, fontsize=10)
+    ax.xaxis.tick_top()
+    ax.set_title(title, pad=12 + 11 * max(len(textwrap.fill(str(c), 12).splitlines()) for c in table.columns))
     ax.set_xlabel(table.columns.name or "")
     ax.set_ylabel(table.index.name or "")
     fig.tight_layout()

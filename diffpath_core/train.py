@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .data import load_dataset
 from .models import resolve_device
+from .notebook import progress_enabled
 
 
 @dataclass
@@ -106,7 +107,8 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, export_dir: str | os.Pat
                             "step": step, "losses": losses, "elapsed": elapsed, "config": _jsonable(cfg)},
                            ckpt_path)
 
-    bar = tqdm(total=cfg.steps, initial=start, desc=f"training on {cfg.dataset}", disable=not progress,
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"training on {cfg.dataset}",
+               disable=not progress_enabled(progress),
                dynamic_ncols=True)
     t0 = time.perf_counter()
     for step in range(start, cfg.steps):

@@ -1,11 +1,12 @@
 """The book: every notebook runs under papermill with tiny parameters, the site builds, and a browser loads it.
 
 One module-scoped build (notebooks → jupyter-book HTML in a temporary copy of the book sources) serves
-all checks, so the suite pays for it once.
+all checks, so the suite pays for it once. The notebooks also run by hand, from the notebooks/ folder.
 """
 import csv
 import http.server
 import math
+import os
 import re
 import shutil
 import socketserver
@@ -54,20 +55,29 @@ def _finite_numbers(path: Path) -> list[float]:
     return values
 
 
+TABLES = ("quickstart_metrics.csv", "main_results.csv", "main_table_auroc.csv", "main_table_fpr95.csv",
+          "fmnist_mnist_comparison.csv", "ablation_v2_switches.csv", "ablation_true_noise.csv",
+          "ablation_structure.csv", "ablation_detectors.csv", "ablation_density_grid.csv", "ablation_steps.csv",
+          "ablation_base_model.csv", "published_auroc_table.csv", "published_diffpath_protocol.csv",
+          "published_disagreement.csv")
+
+
 def test_notebooks_write_tables_and_figures(built):
     site, results = built
     for name in NOTEBOOKS:
         nb = (site / "book" / "generated" / f"{name}.ipynb").read_text()
         assert '"output_type": "error"' not in nb, name
-    for table in ("main_results.csv", "main_table_auroc.csv", "main_table_fpr95.csv", "ablation_components.csv",
-                  "ablation_detectors.csv", "ablation_steps.csv", "ablation_base_model.csv",
-                  "published_auroc_table.csv"):
+        assert '"name": "stderr"' not in nb, f"{name}: stderr left in the page"
+    for table in TABLES:
         values = _finite_numbers(results / table)
         assert values and all(math.isfinite(v) for v in values), table
-    aurocs = [float(r["auroc"]) for r in csv.DictReader(open(results / "main_results.csv"))]
-    assert all(0.0 <= a <= 1.0 for a in aurocs) and len(aurocs) == 7 * 4  # 6 + 1 pairs, 3 methods + baseline
+    rows = list(csv.DictReader(open(results / "main_results.csv")))
+    assert all(0.0 <= float(r["auroc"]) <= 1.0 for r in rows)
+    assert len(rows) == 8 * 6  # 6 ordered pairs + 2 extra pairs; 3 published methods, 1 variant, 2 baselines
+    assert {r["method"] for r in rows} == {"DiffPath-1D", "DiffPath-6D", "DiffPathV2", "DiffPathV2-PS",
+                                           "Reconstruction", "Border mean"}
     for figure in ("quickstart_roc", "base_model_loss", "base_model_samples", "dataset_gallery", "trajectory_id",
-                   "trajectory_ood", "eps_norm_vs_t", "feature_pca", "ablation_components", "ablation_steps",
+                   "trajectory_ood", "eps_norm_vs_t", "feature_pca", "ablation_v2_switches", "ablation_steps",
                    "published_auroc_heatmap"):
         for ext in ("png", "svg"):
             assert (results / f"{figure}.{ext}").stat().st_size > 1000, f"{figure}.{ext}"
@@ -107,16 +117,49 @@ def test_every_toc_page_built_and_links_resolve(built):
     assert not broken, "\n".join(broken[:20])
 
 
-def test_main_results_page_shows_auroc_table(built):
-    site, _ = built
+def _first_table_numbers(html: str) -> tuple[str, list[float]]:
+    table = html[html.index("<table"):html.index("</table>")]
+    return table, [float(v) for v in re.findall(r">\s*([01]\.\d{3})\s*<", table)]
+
+
+def test_main_results_page_opens_with_the_csv_table(built):
+    """Results first: the page's first table is the AUROC table, its numbers are the CSV's, best per row bold."""
+    site, results = built
     page = (site / "_build" / "html" / "book" / "generated" / "03_main_results.html").read_text()
-    section = page[page.index("AUROC (higher is better)"):]
-    table = section[section.index("<table"):section.index("</table>")]
-    assert "Fashion-MNIST → Digits" in table and "DiffPathV2" in table and "average" in table
-    assert len(re.findall(r">\s*[01]\.\d{3}\s*<", table)) >= 7 * 4
+    main = page[page.index("<main"):]
+    table, numbers = _first_table_numbers(main)
+    styles = main[:main.index("</table>")]  # the Styler's <style> block sits just before its table
+    assert "Fashion-MNIST → Digits" in table and "Fashion-MNIST → MNIST" in table and "average" in table
+    assert 'href="../method.html#method-diffpathv2"' in table, "method names link to the Method page"
+    with open(results / "main_table_auroc.csv") as f:
+        expected = [float(v) for row in csv.reader(f) for v in row[1:] if re.fullmatch(r"[01]\.\d+", v)]
+    assert numbers == pytest.approx(expected, abs=5e-4) and len(numbers) == 9 * 6
+    table_id = re.search(r'<table id="(T_\w+)"', table).group(1)
+    assert re.search(rf"#{table_id}_row\d+_col\d+[^{{]*{{\s*font-weight: bold", styles), "best per row in bold"
+    assert page.index("AUROC (higher is better)") < page.index("Score distributions and ROC curves")
 
 
-def test_browser_loads_pages_without_errors(built, tmp_path):
+def test_method_page_has_the_anchors_tables_link_to(built):
+    site, _ = built
+    page = (site / "_build" / "html" / "book" / "method.html").read_text()
+    for anchor in ("method-diffpath", "method-diffpathv2", "method-variants", "method-baselines"):
+        assert f'id="{anchor}"' in page, anchor
+
+
+def test_no_repository_buttons_without_a_repository(built):
+    """With repository.url unset, no repository or launch button shows; the .ipynb download does."""
+    site, _ = built
+    page = (site / "_build" / "html" / "book" / "generated" / "00_quickstart.html").read_text()
+    assert "executablebooks/jupyter-book" not in page and "mybinder.org" not in page and "colab" not in page
+    assert "00_quickstart.ipynb" in page, "the notebook page offers its .ipynb for download"
+    assert (site / "_build" / "html" / "_sources" / "book" / "generated" / "00_quickstart.ipynb").exists()
+
+
+MACHINE_NOISE = re.compile(r"(/tmp/|/root/|/home/|/work/|site-packages|Traceback|Warning|"
+                           r"\d+(\.\d+)?\s*(it|chunk|s/it)/s\b|\d+%\|)")
+
+
+def test_browser_loads_every_page_clean(built, tmp_path):
     chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
     if not (chromium and driver_path):
         pytest.fail("Debian's chromium and chromium-driver are needed (make test installs them)")
@@ -125,6 +168,10 @@ def test_browser_loads_pages_without_errors(built, tmp_path):
 
     site, _ = built
     html = site / "_build" / "html"
+    toc = yaml.safe_load((site / "_toc.yml").read_text())
+    pages = [toc["root"]] + [c["file"] for part in toc["parts"] for c in part["chapters"]]
+    shots = site / "screenshots"
+    shots.mkdir(exist_ok=True)
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *a, **k):
@@ -144,19 +191,47 @@ def test_browser_loads_pages_without_errors(built, tmp_path):
             opts.add_argument(flag)
         opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
         driver = webdriver.Chrome(service=Service(driver_path), options=opts)
+        problems = []
         try:
-            for page, shot in (("index.html", "index.png"), ("book/generated/03_main_results.html", "main.png")):
-                driver.get(f"http://127.0.0.1:{port}/{page}")
+            for page in pages:
+                driver.get(f"http://127.0.0.1:{port}/{page}.html")
                 driver.execute_script("return document.readyState")
                 missing = driver.execute_script(
                     "return Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0)"
                     ".map(i => i.src)")
                 errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-                driver.save_screenshot(str(site / shot))
-                assert not missing, f"{page}: images failed to load: {missing}"
-                assert not errors, f"{page}: console errors: {errors}"
-                assert (site / shot).stat().st_size > 10_000
+                text = driver.execute_script("return document.querySelector('main').innerText")
+                noise = sorted({m.group(0) for m in MACHINE_NOISE.finditer(text)})
+                shot = shots / (page.replace("/", "_") + ".png")
+                driver.save_screenshot(str(shot))
+                if missing:
+                    problems.append(f"{page}: images failed to load: {missing}")
+                if errors:
+                    problems.append(f"{page}: console errors: {errors}")
+                if noise:
+                    problems.append(f"{page}: build noise in the page: {noise}")
+                if shot.stat().st_size < 10_000:
+                    problems.append(f"{page}: blank screenshot")
+            driver.get(f"http://127.0.0.1:{port}/book/generated/03_main_results.html")
             assert "AUROC" in driver.page_source
         finally:
             driver.quit()
             server.shutdown()
+    assert not problems, "\n".join(problems)
+
+
+def test_notebooks_run_by_hand_from_the_notebooks_folder(tmp_path):
+    """Each notebook, as a student runs it: working directory notebooks/, relative paths, own parameter cell
+    (papermill changes only the sizes, and points results and cache at a temporary folder, relatively)."""
+    import papermill
+
+    rel = Path(os.path.relpath(tmp_path, ROOT))
+    sizes = {**TINY, "results_dir": str(rel / "results"), "cache_dir": str(rel / "cache")}
+    for name in NOTEBOOKS:
+        source = ROOT / "notebooks" / f"{name}.ipynb"
+        declared = set(papermill.inspect_notebook(str(source)))
+        papermill.execute_notebook(str(source), str(tmp_path / f"{name}.ipynb"),
+                                   parameters={k: v for k, v in sizes.items() if k in declared},
+                                   cwd=str(ROOT / "notebooks"), kernel_name="python3", progress_bar=False)
+    assert (tmp_path / "results" / "main_table_auroc.csv").exists()
+    assert not (ROOT / "notebooks" / "cache").exists() and not (ROOT / "notebooks" / "results").exists()
