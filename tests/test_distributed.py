@@ -103,3 +103,25 @@ def test_torchrun_rank_killed_then_resumed_equals_single_process(tiny_model_dir,
     for path, content in written.items():
         assert path.read_bytes() == content, f"{path.name} was recomputed"
     _assert_equals_single_process(tiny_model, folder, tmp_path / "sharded.npz")
+
+
+def test_setup_binds_the_gpu_before_the_process_group(monkeypatch):
+    """On GPUs: set_device(LOCAL_RANK) first, then init_process_group with the job-long timeout (recorded, no GPU)."""
+    import datetime
+
+    from diffpath_core import distributed
+
+    calls = []
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("DIFFPATH_DIST_TIMEOUT_MINUTES", "90")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: calls.append(("set_device", i)))
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group",
+                        lambda backend, timeout: calls.append(("init", backend, timeout)))
+    monkeypatch.setattr(distributed.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
+    assert distributed.setup() == (1, 2, "cuda:1")
+    assert calls == [("set_device", 1), ("init", "nccl", datetime.timedelta(minutes=90))]
