@@ -51,7 +51,7 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> torch
 
     r = SSIM_WINDOW // 2
     a, b = a.float(), b.float()
-    n, c = a.shape[:2]
+    c = a.shape[1]
     window = kornia.filters.get_gaussian_kernel1d(SSIM_WINDOW, 1.5, device=a.device, dtype=a.dtype)  # (1, 11)
     stacked = torch.cat([a, b, a * a, b * b, a * b], dim=1)
     mu_a, mu_b, aa, bb, ab = kornia.filters.filter2d_separable(
@@ -151,14 +151,15 @@ def paper_form_statistics(traj: Trajectory | NoisedEstimates, reading: str,
     """
     k = traj.eps.shape[1]
     errors = {"score": score_error(traj), "eps": traj.eps}
-    pairs = {"image": dissimilarity_maps(traj) if d_image is None else d_image, "noise": noise_dissimilarity_maps(traj)}
+    pairs = {"image": dissimilarity_maps(traj) if d_image is None else d_image,
+             "noise": noise_dissimilarity_maps(traj)}
     out = {}
     for err_name, e in errors.items():
         bs = {pair: d * e for pair, d in pairs.items()}
         prefix = {pair: f"pf_{reading}_{err_name}_{pair}_" for pair in pairs}
+        rates = {pair: k * (b[:, 1:] - b[:, :-1]) for pair, b in bs.items()}
         out.update(_power_sums(e, bs, {pair: p + "e" for pair, p in prefix.items()}))
-        out.update(_power_sums(k * (e[:, 1:] - e[:, :-1]), {pair: k * (b[:, 1:] - b[:, :-1]) for pair, b in bs.items()},
-                               {pair: p + "d" for pair, p in prefix.items()}))
+        out.update(_power_sums(k * (e[:, 1:] - e[:, :-1]), rates, {pair: p + "d" for pair, p in prefix.items()}))
     return out
 
 

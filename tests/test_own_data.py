@@ -50,7 +50,8 @@ def test_evaluation_never_scores_id_training_images(tiny_model, tmp_path):
     assert set(train.meta["files"]).isdisjoint(test.meta["files"])
     assert len(ood) == 20, "a folder used only as OOD is used whole"
     explicit = Evaluation(tiny_model, k=2, n_train=None, n_test=None, progress=False, id_test={str(a): str(b)})
-    assert len(explicit.images(str(a), "train")) == 20 and explicit.images(str(a), "test").meta["files"][0] == "img_000.png"
+    assert len(explicit.images(str(a), "train")) == 20
+    assert explicit.images(str(a), "test").meta["files"][0] == "img_000.png"
     assert dataset_title(str(a)) == "a" and dataset_title(str(a) + "/") == "a"
 
 
