@@ -32,16 +32,25 @@ def _assert_equals_single_process(model, folder, sharded_npz):
             np.testing.assert_array_equal(sharded[f"path_{key}"], value, err_msg=key)
 
 
-def test_torchrun_two_processes_equal_single_process(tiny_model_dir, tiny_model, tmp_path):
-    folder = tmp_path / "images"
+def _image_folder(folder, n, seed):
     folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(40):
+    rng = np.random.default_rng(seed)
+    for i in range(n):
         Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8), "L").save(folder / f"{i:03d}.png")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "diffpath_core.cli", "features",
-           str(folder), "--model", str(tiny_model_dir), "-k", "3", "--batch-size", "4", "--chunk-size", "8",
-           "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "sharded.npz"), "--quiet"]
+    return folder
+
+
+def _torchrun_features(entry: list[str], folder, model_dir, tmp_path) -> list[str]:
+    """2 processes of `features` on ``folder``: K=3, batches of 4, chunks of 8, cache and output in tmp_path."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+            "--master_addr=127.0.0.1", f"--master_port={_free_port()}", *entry, "features", str(folder),
+            "--model", str(model_dir), "-k", "3", "--batch-size", "4", "--chunk-size", "8",
+            "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "sharded.npz"), "--quiet"]
+
+
+def test_torchrun_two_processes_equal_single_process(tiny_model_dir, tiny_model, tmp_path):
+    folder = _image_folder(tmp_path / "images", 40, seed=0)
+    cmd = _torchrun_features(["-m", "diffpath_core.cli"], folder, tiny_model_dir, tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -74,20 +83,13 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_torchrun_rank_killed_then_resumed_equals_single_process(tiny_model_dir, tiny_model, tmp_path):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    rng = np.random.default_rng(3)
-    for i in range(48):
-        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8), "L").save(folder / f"{i:03d}.png")
+    folder = _image_folder(tmp_path / "images", 48, seed=3)
     script = tmp_path / "features_or_die.py"
     script.write_text(KILLER)
     cache = tmp_path / "cache"
 
     def torchrun(die_after: int):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-               "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(script), "features", str(folder),
-               "--model", str(tiny_model_dir), "-k", "3", "--batch-size", "4", "--chunk-size", "8",
-               "--cache-dir", str(cache), "--out", str(tmp_path / "sharded.npz"), "--quiet"]
+        cmd = _torchrun_features([str(script)], folder, tiny_model_dir, tmp_path)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "DIE_AFTER_BATCHES": str(die_after or ""),
                "DIFFPATH_DIST_TIMEOUT_MINUTES": "5"}
         return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
