@@ -141,7 +141,7 @@ def _network(args, model):
 def cmd_features(args) -> int:
     from . import distributed
     from .api import DiffPathV2
-    from .data import is_folder_source, load_images
+    from .data import folder_summary, is_folder_source, load_images
     from .features import diffpath_statistics
 
     rank, world, device = distributed.setup()  # under torchrun: one shard per process / GPU
@@ -150,10 +150,8 @@ def cmd_features(args) -> int:
     images = load_images(args.source, None if is_folder_source(args.source) else args.split, size=model.image_size,
                          channels=model.in_channels, limit=args.limit, resize_images=args.resize,
                          convert=args.convert_channels)
-    if images.meta.get("skipped") is not None:
-        skipped = images.meta["skipped"]
-        print(f"{images.name}: {len(images)} images; skipped {skipped['hidden']} hidden and "
-              f"{skipped['not an image']} non-image file(s)", file=sys.stderr)
+    if folder_summary(images):
+        print(folder_summary(images), file=sys.stderr)
     network = _network(args, model)
     v2_detector = DiffPathV2(model, k=args.k)
     stats = {}

@@ -529,6 +529,16 @@ def load_image_folder(folder: str | os.PathLike, *, size: int = 32, channels: in
                           "n_in_folder": n_all, "split": part, "seed": seed})
 
 
+def folder_summary(images: ImageSet) -> str | None:
+    """One line on what a folder gave (images, which part, what was skipped); None for a registered dataset."""
+    if "skipped" not in images.meta:
+        return None
+    skipped, part = images.meta["skipped"], images.meta["split"]
+    which = "" if part == "all" else f" ({part} part of {images.meta['n_in_folder']}, seed {images.meta['seed']})"
+    return (f"{images.name}: {len(images)} images{which}; skipped {skipped['hidden']} hidden and "
+            f"{skipped['not an image']} non-image file(s)")
+
+
 def is_folder_source(source: str) -> bool:
     return os.path.isdir(source) or os.sep in str(source)
 

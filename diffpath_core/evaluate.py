@@ -19,12 +19,12 @@ import numpy as np
 
 from .api import BorderMean, DiffPath, DiffPathV2, DiffPathV2Variant
 from .cache import extract_path_statistics
-from .store import atomic_savez, atomic_write_bytes
-from .data import dataset_title, is_folder_source, load_images
+from .data import dataset_title, folder_summary, is_folder_source, load_images
 from .errors import InputError
 from .features import reconstruction_score
 from .metrics import all_metrics
 from .models import DiffusionModel
+from .store import atomic_savez, atomic_write_bytes
 
 METHODS = ("DiffPath-1D", "DiffPath-6D", "DiffPathV2")  # the published methods
 VARIANTS = ("DiffPathV2-PS",)                             # this project's formulations, reported beside them
@@ -145,16 +145,14 @@ class Evaluation:
         """Statistics of one (dataset, split) for the given readings, merged (each reading cached on its own)."""
         merged: dict[str, np.ndarray] = {}
         where = self.resolve(source, split)
+        images = None  # decoded once, only if some reading is not memoised yet
         for reading in readings:
             key = (where, split, reading)
             if key not in self._stats:
-                images = self.images(source, split)
-                if images.meta.get("n_in_folder") is not None and self.progress:
-                    skipped = images.meta["skipped"]
-                    print(f"{dataset_title(source)} {split}: {len(images)} images "
-                          f"(folder of {images.meta['n_in_folder']}, "
-                          f"part {images.meta['split']!r}, seed {self.seed}); skipped {skipped['hidden']} hidden and "
-                          f"{skipped['not an image']} non-image file(s)", file=sys.stderr)
+                if images is None:
+                    images = self.images(source, split)
+                    if self.progress and folder_summary(images):
+                        print(folder_summary(images), file=sys.stderr)
                 self._stats[key] = extract_path_statistics(
                     self.model, images, k=self.k, precision=self.precision, batch_size=self.batch_size,
                     cache_dir=self.cache_dir, progress=self.progress, network=self.network, reading=reading,
