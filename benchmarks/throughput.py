@@ -25,7 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from diffpath_core.features import batch_path_statistics, diffpath_features, paper_form_features  # noqa: E402
+from diffpath_core.extraction import Extraction  # noqa: E402
+from diffpath_core.features import diffpath_features, paper_form_features  # noqa: E402
 from diffpath_core.models import load_improved_diffusion, load_model, resolve_device  # noqa: E402
 from diffpath_core.runtime import CompiledNetwork, cpu_workers, run_sharded, tune_cpu_allocator  # noqa: E402
 
@@ -54,8 +55,8 @@ def bare_loop(model, x, k, network=None, workers=None):
 
 
 def full_extraction(model, x, k, precision="fp32", network=None):
-    """What the feature cache runs per batch: trajectory and path statistics."""
-    return batch_path_statistics(model, x, k, True, precision, network)
+    """What the extraction driver runs per batch: trajectory and path statistics, sharded over cores."""
+    return Extraction(model, k=k, precision=precision, network=network).batch_statistics(x)
 
 
 def timed(fn, device) -> float:
@@ -138,7 +139,7 @@ def main():
 
 def auroc_difference(model, k, batch):
     """AUROC of each method in fp32, bf16 and compiled fp32 on a small shipped-model pair: what each option costs."""
-    from diffpath_core.data import load_dataset
+    from diffpath_core.datasets import load_dataset
     from diffpath_core.evaluate import METHODS, make_method
     from diffpath_core.metrics import auroc
 
@@ -151,7 +152,7 @@ def auroc_difference(model, k, batch):
     for method in METHODS:
         values = {}
         for variant, kw in variants.items():
-            det = make_method(method, model, k=k, progress=False, **kw).fit(sets["train"])
+            det = make_method(method, model=model, k=k, progress=False, **kw).fit(sets["train"])
             values[variant] = auroc(det.score_samples(sets["id"]), det.score_samples(sets["ood"]))
         print(f"  {method:<12} fp32 {values['fp32']:.4f}  "
               + "  ".join(f"{v} {values[v]:.4f} ({values[v] - values['fp32']:+.4f})" for v in ("bf16", "compile")))

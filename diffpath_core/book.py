@@ -22,7 +22,10 @@ from pathlib import Path
 
 import yaml
 
-from .notebook import PROGRESS_ENV, ROOT
+from .notebook import ROOT
+from .progress import PROGRESS_ENV
+from .store import atomic_path
+
 NOTEBOOKS = ("00_quickstart", "01_base_model", "02_trajectories", "03_main_results", "04_ablations",
              "05_paper_comparison")
 GENERATED = ROOT / "book" / "generated"
@@ -42,12 +45,10 @@ def load_profile(name_or_path: str, overrides: dict | None = None) -> dict:
 
 def preflight(params: dict) -> list[str]:
     """Everything the profile needs that is not here, as one line each (checked before any work)."""
-    from .data import DATASETS, _register_paper_datasets
+    from .datasets import DATASETS, check_available
     from .models import shipped_models
     from .notebook import project_path
-    from .paper_datasets import check_available
 
-    _register_paper_datasets()
     names = list(params.get("datasets", [])) + [n for pair in params.get("extra_pairs", []) for n in pair]
     problems = [f"unknown dataset {n!r}" for n in dict.fromkeys(names) if n not in DATASETS and not Path(n).is_dir()]
     problems += check_available(dict.fromkeys(names))
@@ -94,13 +95,13 @@ def run(params: dict, only=None, output_dir: Path = GENERATED, log=print) -> lis
         for name in names:
             t0 = time.perf_counter()
             out = output_dir / f"{name}.ipynb"
-            tmp = output_dir / f".{name}.running.ipynb"
-            papermill.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(tmp),
-                                       parameters={k: v for k, v in params.items() if k in declared[name]},
-                                       kernel_name="python3", cwd=str(ROOT), progress_bar=False, log_output=False)
-            for line in _tidy_for_the_page(tmp):
-                log(f"{name}: {line}")
-            tmp.replace(out)
+            with atomic_path(out, keep_suffix=True) as tmp:  # a page is replaced only by a finished run
+                papermill.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(tmp),
+                                           parameters={k: v for k, v in params.items() if k in declared[name]},
+                                           kernel_name="python3", cwd=str(ROOT), progress_bar=False,
+                                           log_output=False)
+                for line in _tidy_for_the_page(tmp):
+                    log(f"{name}: {line}")
             written.append(out)
             log(f"{name}: {time.perf_counter() - t0:.1f} s")
     finally:

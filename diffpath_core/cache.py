@@ -1,4 +1,4 @@
-"""Path statistics on disk: keyed, chunked, atomic, resumable, shardable, locked.
+"""Path statistics on disk: one folder per entry, keyed, chunked, atomic, resumable, shardable, locked.
 
 An entry is a folder named by a hash of (model weights, trajectory settings, dataset identity,
 statistics version); the settings hold everything that changes the numbers: K, clipping, precision,
@@ -6,38 +6,24 @@ the reading, the network's execution, the device type (other than the CPU) and t
 than the default), so an entry is bound to its chunking. Images are processed in fixed chunks; each
 finished chunk is written at once (temp file, fsync, rename), so a killed run resumes at the first
 missing chunk, and temp files of killed writers are removed. Each chunk is computed under a file lock:
-a second process extracting the same entry waits and then reads what the first wrote. With
-``rank``/``world`` each process takes chunks i ≡ rank (mod world); whoever finds every chunk present
-merges them, in order, into ``stats.npz`` — the same file a single process writes.
+a second process extracting the same entry waits and then reads what the first wrote. Whoever finds
+every chunk present merges them, in order, into ``stats.npz`` — the same file a single process writes.
+
+What to compute, and in which order, is the extraction driver's business (:mod:`diffpath_core.extraction`).
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import os
-import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
-from .data import ImageSet, check_images
-from .errors import InputError
-from .features import STATS_VERSION, batch_path_statistics
-from .models import DiffusionModel
-from .notebook import progress_enabled
-from .store import atomic_savez, atomic_write_bytes, clean_stale_temp_files, concatenate, load_npz
+from .statistics import STATS_VERSION
+from .store import atomic_savez, atomic_write_bytes, clean_stale_temp_files, concatenate, digest, load_npz
 
 CHUNK_SIZE = 256
-
-
-def tensor_identity(images: torch.Tensor) -> str:
-    """Identity of an in-memory batch: a hash of its shape and bytes."""
-    h = hashlib.sha256(str(tuple(images.shape)).encode())
-    h.update(images.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def trajectory_settings(k: int, clip: bool, precision: str, reading: str = "path", noise_seed: int = 0,
@@ -57,6 +43,19 @@ def trajectory_settings(k: int, clip: bool, precision: str, reading: str = "path
     return settings
 
 
+def entry_key(model_hash: str, settings: dict, identity: str | None = None) -> str:
+    """The hash naming an entry: model weights, settings and (for an entry) the images' identity."""
+    blob = {"model": model_hash, "settings": settings}
+    if identity is not None:
+        blob["data"] = identity
+    return digest(json.dumps(blob, sort_keys=True), length=20)
+
+
+def chunk_bounds(i: int, chunk_size: int, n_images: int) -> tuple[int, int]:
+    """The image range [lo, hi) of chunk ``i``: chunks are fixed, so a resumed run cuts the images the same way."""
+    return i * chunk_size, min((i + 1) * chunk_size, n_images)
+
+
 @contextlib.contextmanager
 def _locked(path: Path):
     """An exclusive advisory lock on ``path`` (fcntl; where there is none, e.g. on Windows, no lock)."""
@@ -73,94 +72,50 @@ def _locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def entry_key(model: DiffusionModel, settings: dict, identity: str) -> str:
-    blob = json.dumps({"model": model.weights_hash(), "settings": settings, "data": identity}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+class CacheEntry:
+    """The folder of one entry: ``meta.json``, ``chunks/00000.npz`` …, and ``stats.npz`` once merged."""
 
+    def __init__(self, folder: str | Path, n_images: int, chunk_size: int = CHUNK_SIZE):
+        self.folder, self.n_images, self.chunk_size = Path(folder), int(n_images), int(chunk_size)
+        self.n_chunks = (self.n_images + self.chunk_size - 1) // self.chunk_size
+        self.final, self.chunks = self.folder / "stats.npz", self.folder / "chunks"
 
-def extract_path_statistics(model: DiffusionModel, images: ImageSet | torch.Tensor, *, k: int = 10,
-                            clip: bool = True, precision: str = "fp32", batch_size: int = 64,
-                            cache_dir: str | os.PathLike | None = None, progress: bool = True,
-                            desc: str | None = None, rank: int = 0, world: int = 1,
-                            network=None, chunk_size: int = CHUNK_SIZE, reading: str = "path",
-                            noise_seed: int = 0) -> dict[str, np.ndarray] | None:
-    """Statistics of every image for one reading, from cache when present.
+    def load(self) -> dict[str, np.ndarray] | None:
+        """The merged statistics, or ``None`` when not merged yet."""
+        return load_npz(self.final) if self.final.exists() else None
 
-    ``reading="path"``: :func:`features.path_statistics` of the DDIM inversion (every method);
-    ``"fresh"``: :func:`features.fresh_noise_statistics` (DiffPathV2's fresh-noise reading, seeded by
-    ``noise_seed``). Returns the merged statistics, or ``None`` for a shard whose peers have not finished yet.
-    """
-    if isinstance(images, ImageSet):
-        name, identity, x = images.name, images.identity, images.images
-    else:
-        name, identity, x = "images", None, images
-    x = check_images(torch.as_tensor(x), f"dataset {name!r}")
-    if x.shape[1] != model.in_channels or tuple(x.shape[-2:]) != (model.image_size, model.image_size):
-        raise InputError(f"dataset {name!r}: images are {tuple(x.shape[1:])}, the model expects "
-                         f"{(model.in_channels, model.image_size, model.image_size)}")
-    identity = identity or tensor_identity(x)
-    settings = trajectory_settings(k, clip, precision, reading, noise_seed, model.device.type, chunk_size)
-    if network is not None:  # another execution of the network: fp32 rounding differs, so its own entry
-        settings["network"] = getattr(network, "cache_tag", type(network).__name__)
-    entry = Path(cache_dir) / f"{name}-{entry_key(model, settings, identity)}" if cache_dir is not None else None
-    n_chunks = (len(x) + chunk_size - 1) // chunk_size
+    def open(self, meta: dict) -> None:
+        """Make the folders, remove temp files of dead writers, write ``meta.json`` once."""
+        self.chunks.mkdir(parents=True, exist_ok=True)
+        clean_stale_temp_files(self.folder)
+        clean_stale_temp_files(self.chunks)
+        if not (self.folder / "meta.json").exists():
+            atomic_write_bytes(self.folder / "meta.json", json.dumps(meta, indent=2, default=str).encode())
 
-    def compute(lo: int, hi: int) -> dict[str, np.ndarray]:
-        parts = []
-        for start in range(lo, hi, batch_size):
-            parts.append(batch_path_statistics(model, x[start:min(start + batch_size, hi)], k, clip, precision,
-                                               network, reading, noise_seed))
-        return concatenate(parts)
+    def bounds(self, i: int) -> tuple[int, int]:
+        return chunk_bounds(i, self.chunk_size, self.n_images)
 
-    mine = [i for i in range(n_chunks) if i % world == rank]
-    label = (desc or f"{name}: K={k} trajectories") + ("" if reading == "path" else f" ({reading} noise)")
-    if cache_dir is None:
-        if world != 1:
-            raise ValueError("sharded extraction needs a cache_dir to merge through")
-        out = []
-        for i in tqdm(mine, desc=label, unit="chunk", disable=not progress_enabled(progress), dynamic_ncols=True):
-            out.append(compute(i * chunk_size, min((i + 1) * chunk_size, len(x))))
-        return concatenate(out)
+    def chunk_path(self, i: int) -> Path:
+        return self.chunks / f"{i:05d}.npz"
 
-    final = entry / "stats.npz"
-    if final.exists():
-        return load_npz(final)
-    chunks = entry / "chunks"
-    chunks.mkdir(parents=True, exist_ok=True)
-    clean_stale_temp_files(entry)
-    clean_stale_temp_files(chunks)
-    meta = {"dataset": name, "identity": identity, "n_images": len(x), "chunk_size": chunk_size,
-            "model": model.source, "model_hash": model.weights_hash(), "settings": settings,
-            "schedule": model.schedule(k).as_dict(), "torch": torch.__version__}
-    if not (entry / "meta.json").exists():
-        atomic_write_bytes(entry / "meta.json", json.dumps(meta, indent=2, default=str).encode())
-    todo = [i for i in mine if not (chunks / f"{i:05d}.npz").exists()]
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=label, unit="chunk",
-               disable=not progress_enabled(progress), dynamic_ncols=True)
-    for i in todo:
-        t0 = time.perf_counter()
-        lo, hi = i * chunk_size, min((i + 1) * chunk_size, len(x))
-        target = chunks / f"{i:05d}.npz"
-        with _locked(chunks / f"{i:05d}.lock"):
-            if not target.exists():  # another process may have written it while this one waited
-                atomic_savez(target, compute(lo, hi))
-        bar.update(1)
-        bar.set_postfix(img_per_s=f"{(hi - lo) / (time.perf_counter() - t0):.1f}")
-    bar.close()
-    return merge_chunks(entry, n_chunks)
+    def missing(self, chunks) -> list[int]:
+        return [i for i in chunks if not self.chunk_path(i).exists()]
 
+    def write_chunk(self, i: int, compute: Callable[[], dict[str, np.ndarray]]) -> None:
+        """``compute()`` chunk ``i`` under its lock, unless another process wrote it while this one waited."""
+        with _locked(self.chunks / f"{i:05d}.lock"):
+            if not self.chunk_path(i).exists():
+                atomic_savez(self.chunk_path(i), compute())
 
-def merge_chunks(entry: Path, n_chunks: int) -> dict[str, np.ndarray] | None:
-    """Merge chunk files in order into ``stats.npz`` once all exist; ``None`` while some are missing."""
-    final = entry / "stats.npz"
-    if final.exists():
-        return load_npz(final)
-    paths = [entry / "chunks" / f"{i:05d}.npz" for i in range(n_chunks)]
-    if not all(p.exists() for p in paths):
-        return None
-    with _locked(entry / "merge.lock"):
-        if final.exists():
-            return load_npz(final)
-        merged = concatenate([load_npz(p) for p in paths])
-        atomic_savez(final, merged)
-    return merged
+    def merge(self) -> dict[str, np.ndarray] | None:
+        """Merge chunk files in order into ``stats.npz`` once all exist; ``None`` while some are missing."""
+        if self.final.exists():
+            return load_npz(self.final)
+        if self.missing(range(self.n_chunks)):
+            return None
+        with _locked(self.folder / "merge.lock"):
+            if self.final.exists():
+                return load_npz(self.final)
+            merged = concatenate([load_npz(self.chunk_path(i)) for i in range(self.n_chunks)])
+            atomic_savez(self.final, merged)
+        return merged

@@ -131,17 +131,21 @@ def _model(args):
     return model
 
 
-def _network(args, model):
-    """The compiled network for --compile, else None (the model's own eager forward)."""
+def _extraction(args, model):
+    """The one :class:`Extraction` a command's options describe (the compiled network for --compile)."""
+    from .extraction import CHUNK_SIZE, Extraction
     from .runtime import CompiledNetwork
 
-    return CompiledNetwork(model) if args.compile else None
+    network = CompiledNetwork(model) if args.compile else None
+    return Extraction(model, k=args.k, precision=args.precision, network=network, batch_size=args.batch_size,
+                      cache_dir=args.cache_dir, progress=not args.quiet,
+                      chunk_size=getattr(args, "chunk_size", CHUNK_SIZE))
 
 
 def cmd_features(args) -> int:
     from . import distributed
     from .api import DiffPathV2
-    from .data import folder_summary, is_folder_source, load_images
+    from .datasets import folder_summary, is_folder_source, load_images
     from .features import diffpath_statistics
 
     rank, world, device = distributed.setup()  # under torchrun: one shard per process / GPU
@@ -152,14 +156,9 @@ def cmd_features(args) -> int:
                          convert=args.convert_channels)
     if folder_summary(images):
         print(folder_summary(images), file=sys.stderr)
-    network = _network(args, model)
-    v2_detector = DiffPathV2(model, k=args.k)
-    stats = {}
-    for reading in dict.fromkeys(("path",) + v2_detector.readings):  # "path" holds DiffPath's statistics
-        stats.update(distributed.path_statistics(model, images, cache_dir=args.cache_dir, k=args.k,
-                                                 batch_size=args.batch_size, precision=args.precision,
-                                                 progress=not args.quiet, chunk_size=args.chunk_size,
-                                                 network=network, reading=reading))
+    v2_detector = DiffPathV2()
+    readings = tuple(dict.fromkeys(("path",) + v2_detector.readings))  # "path" holds DiffPath's statistics
+    stats = distributed.path_statistics(_extraction(args, model), images, readings)
     distributed.teardown()
     if rank != 0:
         return 0
@@ -196,10 +195,8 @@ def cmd_evaluate(args) -> int:
     model = _model(args)
     print(f"model: {model.describe()} on {model.device}; K={args.k}; {len(pairs)} pair(s); "
           f"up to {args.n_train} ID-train / {args.n_test} test images per set", file=sys.stderr)
-    ev = Evaluation(model, k=args.k, n_train=args.n_train, n_test=args.n_test, seed=args.seed,
-                    batch_size=args.batch_size, cache_dir=args.cache_dir, precision=args.precision,
-                    progress=not args.quiet, resize=args.resize, convert=args.convert_channels,
-                    network=_network(args, model), density=args.density,
+    ev = Evaluation(_extraction(args, model), n_train=args.n_train, n_test=args.n_test, seed=args.seed,
+                    resize=args.resize, convert=args.convert_channels, density=args.density,
                     id_test={args.id_set: args.id_test} if args.id_test else None)
     t0 = time.perf_counter()
     result = ev.run(pairs, args.methods)
@@ -214,16 +211,14 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_select(args) -> int:
-    from .data import load_images
+    from .datasets import load_images
     from .evaluate import write_rows_csv
     from .validation import select_formulation
 
     model = _model(args)
     train = load_images(args.id_set, "train", size=model.image_size, channels=model.in_channels, limit=args.n_train,
                         resize_images=args.resize, convert=args.convert_channels)
-    rows = select_formulation(model, train, k=args.k, cache_dir=args.cache_dir, progress=not args.quiet,
-                              batch_size=args.batch_size, precision=args.precision, network=_network(args, model),
-                              density=args.density)
+    rows = select_formulation(_extraction(args, model), train, density=args.density)
     print(f"{'rank':>4}  {'mean AUROC':>10}  {'family':<11} switches")
     for i, r in enumerate(rows, 1):
         print(f"{i:>4}  {r['mean_auroc']:>10.4f}  {r['family']:<11} {r['label']}")
@@ -245,7 +240,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from .paper_datasets import SOURCES, ensure
+    from .datasets.paper import SOURCES, ensure
 
     for name in args.names:
         if name not in SOURCES:
@@ -255,9 +250,8 @@ def cmd_download(args) -> int:
 
 
 def cmd_datasets(args) -> int:
-    from .data import DATASETS, _register_paper_datasets
+    from .datasets import DATASETS
 
-    _register_paper_datasets()
     for name, spec in sorted(DATASETS.items()):
         print(f"{name:<20} [{spec.profile}] {spec.description}")
     return 0
@@ -280,9 +274,8 @@ class UsageError(Exception):
 
 def check_sources(sources) -> None:
     """Every source is a registered dataset or an existing folder, before any work."""
-    from .data import DATASETS, _register_paper_datasets, is_folder_source
+    from .datasets import DATASETS, is_folder_source
 
-    _register_paper_datasets()
     for source in dict.fromkeys(sources):
         if is_folder_source(source):
             if not Path(source).is_dir():

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import datetime
 import os
+from dataclasses import replace
 
 import torch
 import torch.distributed as dist
 
-DEFAULT_TIMEOUT_MINUTES = 24 * 60
+from .extraction import Extraction
 
-from .cache import extract_path_statistics
+DEFAULT_TIMEOUT_MINUTES = 24 * 60
 
 
 def launched_by_torchrun() -> bool:
@@ -47,18 +48,19 @@ def timeout() -> datetime.timedelta:
     return datetime.timedelta(minutes=minutes)
 
 
-def path_statistics(model, images, *, cache_dir, **kwargs):
-    """Sharded :func:`cache.extract_path_statistics`; every rank returns the merged statistics."""
+def path_statistics(extraction: Extraction, images, readings="path"):
+    """:meth:`Extraction.statistics` shared over the process group; every rank returns the merged statistics."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     if world == 1:
-        return extract_path_statistics(model, images, cache_dir=cache_dir, **kwargs)
-    extract_path_statistics(model, images, cache_dir=cache_dir, rank=rank, world=world, **kwargs)
+        return extraction.statistics(images, readings)
+    extraction.statistics(images, readings, rank=rank, world=world)
     dist.barrier()  # every chunk is on disk
+    quiet = replace(extraction, progress=False)
     if rank == 0:
-        merged = extract_path_statistics(model, images, cache_dir=cache_dir, **{**kwargs, "progress": False})
+        merged = quiet.statistics(images, readings)
     dist.barrier()  # stats.npz is on disk
     if rank != 0:
-        merged = extract_path_statistics(model, images, cache_dir=cache_dir, **{**kwargs, "progress": False})
+        merged = quiet.statistics(images, readings)
     return merged
 
 

@@ -6,7 +6,6 @@ statistic goes through the feature cache, so a second run only refits the densit
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import os
 import sys
@@ -18,30 +17,30 @@ from pathlib import Path
 import numpy as np
 
 from .api import BorderMean, DiffPath, DiffPathV2, DiffPathV2Variant
-from .cache import extract_path_statistics
-from .data import dataset_title, folder_summary, is_folder_source, load_images
+from .datasets import dataset_title, folder_summary, is_folder_source, load_images
 from .errors import InputError
+from .extraction import Extraction, as_extraction
 from .features import reconstruction_score
 from .metrics import all_metrics
-from .models import DiffusionModel
-from .store import atomic_savez, atomic_write_bytes
+from .store import atomic_savez, atomic_write_bytes, digest, stats_digest
 
 METHODS = ("DiffPath-1D", "DiffPath-6D", "DiffPathV2")  # the published methods
 VARIANTS = ("DiffPathV2-PS",)                             # this project's formulations, reported beside them
 BASELINES = ("Reconstruction", "Border mean")              # no diffusion features / no model at all
 METHOD_FACTORIES = {
-    "DiffPath-1D": lambda model, **kw: DiffPath(model, "1d", **kw),
-    "DiffPath-6D": lambda model, **kw: DiffPath(model, "6d", **kw),
-    "DiffPathV2": lambda model, **kw: DiffPathV2(model, **kw),
-    "DiffPathV2-PS": lambda model, **kw: DiffPathV2Variant(model, **kw),
-    "Border mean": lambda model, **kw: BorderMean(model, **kw),
+    "DiffPath-1D": lambda **kw: DiffPath(variant="1d", **kw),
+    "DiffPath-6D": lambda **kw: DiffPath(variant="6d", **kw),
+    "DiffPathV2": lambda **kw: DiffPathV2(**kw),
+    "DiffPathV2-PS": lambda **kw: DiffPathV2Variant(**kw),
+    "Border mean": lambda **kw: BorderMean(**kw),
 }
 
 
-def make_method(name: str, model: DiffusionModel, **kwargs):
-    """A fresh detector for a method name (``Reconstruction`` has none: it needs no fitting)."""
+def make_method(name: str, **kwargs):
+    """A fresh detector for a method name, ``kwargs`` passed to its constructor (``Reconstruction`` has none:
+    it needs no fitting). Scoring statistics needs no model, so an evaluation passes only the density."""
     if name in METHOD_FACTORIES:
-        return METHOD_FACTORIES[name](model, **kwargs)
+        return METHOD_FACTORIES[name](**kwargs)
     if name == "Reconstruction":
         return None
     raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS + VARIANTS + BASELINES)}")
@@ -99,28 +98,26 @@ class EvaluationResult:
         return "\n".join(lines)
 
 
-def stats_digest(stats: dict[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for key in sorted(stats):
-        h.update(key.encode())
-        h.update(np.ascontiguousarray(stats[key]).tobytes())
-    return h.hexdigest()[:16]
-
-
 class Evaluation:
-    """Path statistics per (dataset, split), memoised in memory and cached on disk; scores cached too."""
+    """Path statistics per (dataset, split), memoised in memory and cached on disk; scores cached too.
 
-    def __init__(self, model: DiffusionModel, *, k: int = 10, n_train: int | None = 2000,
-                 n_test: int | None = 2000, seed: int = 0, batch_size: int = 64, cache_dir=None,
-                 precision: str = "fp32", progress: bool = True, resize: bool = False, convert: bool = False,
-                 network=None, density: str = "compact", id_test: dict | None = None):
-        self.model, self.k, self.n_train, self.n_test, self.seed = model, k, n_train, n_test, seed
-        self.network, self.density = network, density
+    ``extraction`` says how statistics are computed (model, K, precision, cache folder, …); the rest says
+    which images (sizes, seed, folder options) and which density setting the named methods get.
+    """
+
+    def __init__(self, extraction: Extraction, *, n_train: int | None = 2000, n_test: int | None = 2000,
+                 seed: int = 0, resize: bool = False, convert: bool = False, density: str = "compact",
+                 id_test: dict | None = None, **extraction_settings):
+        extraction = as_extraction(extraction, extraction_settings, "Evaluation")
+        self.extraction, self.n_train, self.n_test, self.seed = extraction, n_train, n_test, seed
+        self.density, self.resize, self.convert = density, resize, convert
         self.id_test = dict(id_test or {})  # ID source → a folder of its ID-test images
         self.id_sources: set[str] = set()   # set by run(): folders among them are split into train / test
-        self.batch_size, self.cache_dir, self.precision, self.progress = batch_size, cache_dir, precision, progress
-        self.resize, self.convert = resize, convert
         self._stats: dict = {}
+
+    @property
+    def model(self):
+        return self.extraction.model
 
     def resolve(self, source: str, split: str) -> tuple[str, str | None]:
         """Where one split of a source comes from: (source, part), part None meaning a whole folder.
@@ -151,12 +148,10 @@ class Evaluation:
             if key not in self._stats:
                 if images is None:
                     images = self.images(source, split)
-                    if self.progress and folder_summary(images):
+                    if self.extraction.progress and folder_summary(images):
                         print(folder_summary(images), file=sys.stderr)
-                self._stats[key] = extract_path_statistics(
-                    self.model, images, k=self.k, precision=self.precision, batch_size=self.batch_size,
-                    cache_dir=self.cache_dir, progress=self.progress, network=self.network, reading=reading,
-                    desc=f"{dataset_title(source)} {split}: K={self.k} trajectories")
+                self._stats[key] = self.extraction.statistics(
+                    images, reading, desc=f"{dataset_title(source)} {split}: K={self.extraction.k} trajectories")
             merged.update(self._stats[key])
         return merged
 
@@ -169,9 +164,10 @@ class Evaluation:
         train = self.stats(id_name, "train", det.readings)
         names = [id_name] + [t for t in targets if t != id_name]
         tests = {n: self.stats(n, "test", det.readings) for n in names}
-        key = hashlib.sha256("|".join([det.token(), stats_digest(train)] +
-                                      [f"{n}:{stats_digest(tests[n])}" for n in names]).encode()).hexdigest()[:20]
-        path = Path(self.cache_dir) / "scores" / f"{key}.npz" if self.cache_dir else None
+        key = digest("|".join([det.token(), stats_digest(train)] + [f"{n}:{stats_digest(tests[n])}" for n in names]),
+                     length=20)
+        cache_dir = self.extraction.cache_dir
+        path = Path(cache_dir) / "scores" / f"{key}.npz" if cache_dir else None
         if path is not None and path.exists():
             with np.load(path, allow_pickle=False) as d:
                 return {n: d[f"score_{n}"] for n in names}, str(d["describe"])
@@ -184,9 +180,10 @@ class Evaluation:
         return scores, describe
 
     def run(self, pairs, methods=METHODS + VARIANTS) -> EvaluationResult:
-        """Every method on every (ID, OOD) pair; ``methods`` holds names or (label, factory(model, k=…)) pairs.
+        """Every method on every (ID, OOD) pair; ``methods`` holds names or (label, factory()) pairs.
 
-        Named methods get this evaluation's density setting; factories build their detector as they like.
+        Named methods get this evaluation's density setting; a factory builds its detector as it likes (no model
+        needed: the detector only scores the statistics this evaluation extracts).
         """
         t0 = time.perf_counter()
         result = EvaluationResult()
@@ -195,8 +192,7 @@ class Evaluation:
             oods = [b for a, b in pairs if a == id_name]
             for method in methods:
                 label, factory = (method, None) if isinstance(method, str) else method
-                det = (make_method(label, self.model, k=self.k, density=self.density) if factory is None
-                       else factory(self.model, k=self.k))
+                det = make_method(label, density=self.density) if factory is None else factory()
                 if det is None:  # the reconstruction baseline needs no density
                     scores = {n: reconstruction_score(self.stats(n, "test")) for n in [id_name] + oods}
                     describe, n_train = "none", 0
@@ -209,7 +205,7 @@ class Evaluation:
                     result.rows.append({"id": source_label(id_name), "ood": source_label(ood), "method": label,
                                         **{m: round(v, 4) for m, v in all_metrics(s_id, s_ood).items()},
                                         "n_id_train": n_train, "n_id_test": len(s_id), "n_ood_test": len(s_ood),
-                                        "k": self.k, "detector": describe,
+                                        "k": self.extraction.k, "detector": describe,
                                         "density": self.density if factory is None else "custom",
                                         "model": self.model.source.get("name", "model")})
         result.seconds = time.perf_counter() - t0

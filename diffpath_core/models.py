@@ -6,7 +6,6 @@ Loaders: diffusers folders (or hub ids when online), improved-diffusion / DiffPa
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -18,6 +17,7 @@ from torch import nn
 from .errors import CheckpointError
 from .improved_diffusion import PRESETS, ImprovedDiffusionConfig, build_unet, load_converted
 from .schedule import TrajectorySchedule
+from .store import digest
 
 PROJECT_MODELS = Path(__file__).resolve().parent.parent / "data" / "models"
 DEFAULT_MODEL = "fashion_mnist"
@@ -95,15 +95,12 @@ class DiffusionModel(nn.Module):
     def weights_hash(self) -> str:
         """SHA-256 over parameter names and bytes (cached): the model's identity in feature caches."""
         if self._weights_hash is None:
-            h = hashlib.sha256()
-            for name, tensor in sorted(self.unet.state_dict().items()):
-                h.update(name.encode())
-                h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-            h.update(np.asarray(self.alphas_cumprod, dtype=np.float64).tobytes())
-            h.update(repr(self.timestep_scale).encode())
+            parts = [part for name, tensor in sorted(self.unet.state_dict().items())
+                     for part in (name, tensor.detach().to("cpu", torch.float32).contiguous().numpy())]
+            parts += [np.asarray(self.alphas_cumprod, dtype=np.float64), repr(self.timestep_scale)]
             if self.prediction_type != "epsilon":  # ε-models keep the hash (and cache entries) they had
-                h.update(self.prediction_type.encode())
-            self._weights_hash = h.hexdigest()[:16]
+                parts.append(self.prediction_type)
+            self._weights_hash = digest(*parts)
         return self._weights_hash
 
     def describe(self) -> str:

@@ -12,13 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROGRESS_ENV = "DIFFPATH_PROGRESS"  # "0": no progress bars (the book runner sets it; pages show no bar lines)
-
-
-def progress_enabled(progress: bool = True) -> bool:
-    """``progress`` unless the environment turns bars off (``DIFFPATH_PROGRESS=0``)."""
-    return bool(progress) and os.environ.get(PROGRESS_ENV, "1") != "0"
-
 
 def project_path(path: str | os.PathLike) -> Path:
     """``path`` read against the repository root (absolute paths are kept)."""

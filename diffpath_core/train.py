@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from .data import load_dataset
+from .datasets import load_dataset
 from .models import resolve_device
-from .notebook import progress_enabled
+from .progress import progress_bar
+from .store import atomic_path
 
 
 @dataclass
@@ -63,9 +63,8 @@ def build_model(cfg: TrainConfig):
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _step_generator(seed: int, step: int, device) -> torch.Generator:
@@ -107,9 +106,7 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, export_dir: str | os.Pat
                             "step": step, "losses": losses, "elapsed": elapsed, "config": _jsonable(cfg)},
                            ckpt_path)
 
-    bar = tqdm(total=cfg.steps, initial=start, desc=f"training on {cfg.dataset}",
-               disable=not progress_enabled(progress),
-               dynamic_ncols=True)
+    bar = progress_bar(total=cfg.steps, initial=start, desc=f"training on {cfg.dataset}", progress=progress)
     t0 = time.perf_counter()
     for step in range(start, cfg.steps):
         g = _step_generator(cfg.seed, step, dev)

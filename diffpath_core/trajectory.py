@@ -7,11 +7,13 @@ At step k (timestep τ_k, signal level ᾱ_k) with state x_k (x_0 = the image):
     ε_k    = (x_k − √ᾱ_k x̂0_k) / √(1−ᾱ_k)         re-derived, as the official code does
     x_k+1  = √ᾱ_k+1 x̂0_k + √(1−ᾱ_k+1) ε_k         with ᾱ_K = 0
 
-Everything stays batched on the model's device; the only Python loop is over the K steps.
+Everything stays batched on the model's device; the only Python loop is over the K steps. Each function
+here takes one batch and returns its result: sharding, caching and progress belong to the extraction driver.
 
 The *fresh-noise* reading of DiffPathV2's "true noise" (:func:`noised_estimates`) instead noises the
 image independently at each τ_k, x_t = √ᾱ_k x0 + √(1−ᾱ_k) n_k with seeded n_k, and asks the same
-network for ε_k. Both share one estimate step, :func:`denoise_estimate`, which sampling uses too.
+network for ε_k. Both share one estimate step, :func:`denoise_estimate`; inversion and sampling share one
+DDIM step, :func:`ddim_step`.
 """
 from __future__ import annotations
 
@@ -22,7 +24,6 @@ from dataclasses import dataclass
 import torch
 
 from .models import DiffusionModel
-from .runtime import cpu_workers, run_sharded, tune_cpu_allocator
 from .schedule import TrajectorySchedule
 
 
@@ -95,34 +96,18 @@ def autocast_context(device: torch.device, precision: str):
 
 @torch.inference_mode()
 def invert(model: DiffusionModel, x0: torch.Tensor, k: int = 10, clip: bool = True,
-           precision: str = "fp32", network=None, workers: int | None = None) -> Trajectory:
-    """Run the K-step DDIM inversion of a batch ``x0`` in [-1, 1]; returns a :class:`Trajectory`.
+           precision: str = "fp32", network=None) -> Trajectory:
+    """Run the K-step DDIM inversion of one batch ``x0`` in [-1, 1]; returns a :class:`Trajectory`.
 
-    ``network(x, t)`` optionally replaces ``model.predict_eps`` (for example a
-    :class:`runtime.CompiledNetwork`); it receives the timestep as a (B,) tensor. On CPU the batch
-    is split over ``workers`` threads (default :func:`runtime.cpu_workers`; see
-    :func:`runtime.run_sharded`).
+    Pure and in the calling thread: how batches are sharded over cores belongs to the extraction driver
+    (:class:`extraction.Extraction`). ``network(x, t)`` optionally replaces ``model.predict_eps`` (for example
+    a :class:`runtime.CompiledNetwork`); it receives the timestep as a (B,) tensor.
     """
-    device = model.device
-    x = x0.to(device=device, dtype=torch.float32)
-    if device.type == "cpu":
-        tune_cpu_allocator()
-    workers = cpu_workers(device, x.shape[0]) if workers is None else workers
-    parts = run_sharded(lambda xb: _invert(model, xb, k, clip, precision, network), x, workers)
-    if len(parts) == 1:
-        return parts[0]
-    return Trajectory(*(torch.cat([getattr(p, f) for p in parts]) for f in ("x", "eps", "x0_hat", "x_final")),
-                      parts[0].schedule)
-
-
-@torch.inference_mode()
-def _invert(model: DiffusionModel, x: torch.Tensor, k: int, clip: bool, precision: str, network) -> Trajectory:
-    """One batch, in the calling thread (inference mode and autocast are thread-local: entered here)."""
     schedule = model.schedule(k)
-    device = x.device
-    if device.type == "cuda":  # matches a channels_last network (--channels-last); harmless otherwise
+    x = x0.to(device=model.device, dtype=torch.float32)
+    if x.device.type == "cuda":  # matches a channels_last network (--channels-last); harmless otherwise
         x = x.contiguous(memory_format=torch.channels_last)
-    c = schedule.coefficients(device)
+    c = schedule.coefficients(x.device)
     predict = network or model.predict_eps
     b = x.shape[0]
     xs = x.new_empty((b, k) + tuple(x.shape[1:]))
@@ -130,11 +115,9 @@ def _invert(model: DiffusionModel, x: torch.Tensor, k: int, clip: bool, precisio
     x0_hat_all = torch.empty_like(xs)
     for i in range(k):
         xs[:, i] = x
-        eps, x0_hat = denoise_estimate(predict, x, schedule.net_timesteps[i], c["sqrt_recip"][i],
-                                       c["sqrt_recipm1"][i], clip, precision)
-        eps_all[:, i] = eps
-        x0_hat_all[:, i] = x0_hat
-        x = x0_hat * c["sqrt_a_next"][i] + c["sqrt_1ma_next"][i] * eps
+        eps_all[:, i], x0_hat_all[:, i], x = ddim_step(predict, x, schedule.net_timesteps[i], c["sqrt_recip"][i],
+                                                       c["sqrt_recipm1"][i], c["sqrt_a_next"][i],
+                                                       c["sqrt_1ma_next"][i], clip, precision)
     return Trajectory(xs, eps_all, x0_hat_all, x, schedule)
 
 
@@ -154,6 +137,15 @@ def denoise_estimate(predict, x: torch.Tensor, net_timestep: float, sqrt_recip, 
         x0_hat = x0_hat.clamp(-1.0, 1.0)
     eps = (sqrt_recip * x - x0_hat) / sqrt_recipm1  # re-derived always, as the official code does
     return eps, x0_hat
+
+
+def ddim_step(predict, x: torch.Tensor, net_timestep: float, sqrt_recip, sqrt_recipm1, sqrt_a_next, sqrt_1ma_next,
+              clip: bool, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One deterministic DDIM step (η = 0) to another signal level ᾱ', in either direction: ε and x̂0 by
+    :func:`denoise_estimate`, then x' = √ᾱ' x̂0 + √(1−ᾱ') ε. Towards noise it is the inversion's step; towards
+    data, sampling's (:func:`sampling.generate`). Returns (ε, x̂0, x')."""
+    eps, x0_hat = denoise_estimate(predict, x, net_timestep, sqrt_recip, sqrt_recipm1, clip, precision)
+    return eps, x0_hat, x0_hat * sqrt_a_next + sqrt_1ma_next * eps
 
 
 def content_seeded_noise(x0: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:

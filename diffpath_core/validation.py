@@ -14,11 +14,10 @@ import numpy as np
 import torch
 
 from .api import DiffPathV2, DiffPathV2Variant
-from .cache import extract_path_statistics
-from .data import ImageSet
+from .datasets import ImageSet
+from .extraction import Extraction, as_extraction
 from .features import PF_PAIRS, PF_READINGS, PaperForm, VariantFormulation
 from .metrics import auroc
-from .models import DiffusionModel
 
 OUTLIER_KINDS = ("noise", "blur", "contrast", "rotation")
 
@@ -62,15 +61,15 @@ def candidate_formulations(lams=(0.5, 1.0, 2.0, 4.0)) -> list[VariantFormulation
     return out
 
 
-def select_formulation(model: DiffusionModel, train: ImageSet, *, val_fraction: float = 0.3, k: int = 10,
-                       cache_dir=None, seed: int = 0, candidates=None, progress: bool = True,
-                       density: str = "compact", **extraction) -> list[dict]:
+def select_formulation(extraction: Extraction, train: ImageSet, *, val_fraction: float = 0.3, seed: int = 0,
+                       candidates=None, density: str = "compact", **extraction_settings) -> list[dict]:
     """Rank candidates by mean AUROC (ID validation vs synthetic outliers), best first.
 
     ``candidates`` mixes :class:`PaperForm` (family "paper form") and :class:`VariantFormulation`
-    (family "variant"); default: both families in full. ``extraction`` (batch_size, precision, network)
-    goes to :func:`cache.extract_path_statistics`.
+    (family "variant"); default: both families in full. Statistics come from ``extraction``; the candidates
+    only score them.
     """
+    extraction = as_extraction(extraction, extraction_settings, "select_formulation")
     candidates = list(candidates or paper_form_candidates() + candidate_formulations())
     readings = sorted({r for c in candidates for r in c.readings}, key=PF_READINGS.index)
     n = len(train)
@@ -82,11 +81,7 @@ def select_formulation(model: DiffusionModel, train: ImageSet, *, val_fraction: 
         return ImageSet(f"{train.name}-{tag}", train.split, images, None, f"{train.identity}-{tag}-{seed}-{n_val}")
 
     def stats(s: ImageSet):
-        merged = {}
-        for reading in readings:
-            merged.update(extract_path_statistics(model, s, k=k, cache_dir=cache_dir, progress=progress,
-                                                  reading=reading, **extraction))
-        return merged
+        return extraction.statistics(s, readings)
 
     fit = stats(subset("fit", train.images[fit_idx]))
     val_images = train.images[val_idx]
@@ -96,9 +91,9 @@ def select_formulation(model: DiffusionModel, train: ImageSet, *, val_fraction: 
     rows = []
     for c in candidates:
         if isinstance(c, PaperForm):
-            det, family = DiffPathV2(model, form=c, k=k, progress=False, density=density), "paper form"
+            det, family = DiffPathV2(form=c, density=density), "paper form"
         else:
-            det, family = DiffPathV2Variant(model, formulation=c, k=k, progress=False, density=density), "variant"
+            det, family = DiffPathV2Variant(formulation=c, density=density), "variant"
         det.fit_statistics(fit)
         s_val = det.score_statistics(val)
         per_kind = {kind: auroc(s_val, det.score_statistics(o)) for kind, o in outliers.items()}

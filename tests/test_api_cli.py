@@ -9,7 +9,8 @@ from diffpath_core import DiffPath, DiffPathV2, DiffPathV2Variant, VariantFormul
 from diffpath_core.cli import main
 from diffpath_core.detectors import GMMDetector, KDEDetector
 from diffpath_core import invert
-from diffpath_core.features import amplified_error, dissimilarity_maps, score_error, variant_features
+from diffpath_core.features import amplified_error, variant_features
+from diffpath_core.statistics import dissimilarity_maps, score_error
 
 
 def _sets():

@@ -6,9 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from diffpath_core.cache import extract_path_statistics
-from diffpath_core.data import load_image_folder, read_idx
+from diffpath_core.datasets import load_image_folder
+from diffpath_core.datasets.offline import read_idx
 from diffpath_core.errors import CheckpointError, DatasetUnavailableError, InputError
+from diffpath_core.extraction import Extraction
 from diffpath_core.models import load_improved_diffusion, load_model
 
 
@@ -57,12 +58,12 @@ def test_nan_inf_inputs(tiny_model, tiny_images, bad):
     x = tiny_images.clone()
     x[5, 0, 3, 3] = bad
     with pytest.raises(InputError, match="image 5 contains NaN or Inf"):
-        extract_path_statistics(tiny_model, x, k=2, progress=False)
+        Extraction(tiny_model, k=2, progress=False).statistics(x)
 
 
 def test_out_of_range_inputs(tiny_model, tiny_images):
     with pytest.raises(InputError, match=r"expects \[-1, 1\]"):
-        extract_path_statistics(tiny_model, tiny_images * 127.5 + 127.5, k=2, progress=False)
+        Extraction(tiny_model, k=2, progress=False).statistics(tiny_images * 127.5 + 127.5)
 
 
 def test_missing_checkpoint(tmp_path):
@@ -105,7 +106,7 @@ def test_truncated_idx_file(tmp_path):
 
 
 def test_dataset_not_available_offline(tmp_path, monkeypatch):
-    from diffpath_core.data import load_dataset
+    from diffpath_core.datasets import load_dataset
 
     monkeypatch.setenv("DIFFPATH_DATA", str(tmp_path))
     with pytest.raises(DatasetUnavailableError, match=r"cifar10: missing .*cifar-10-binary\.tar\.gz"):
@@ -115,7 +116,7 @@ def test_dataset_not_available_offline(tmp_path, monkeypatch):
 
 
 def test_unknown_dataset_name():
-    from diffpath_core.data import load_dataset
+    from diffpath_core.datasets import load_dataset
 
     with pytest.raises(InputError, match="unknown dataset 'nope'; known: .*digits"):
         load_dataset("nope")
@@ -123,4 +124,4 @@ def test_unknown_dataset_name():
 
 def test_model_image_mismatch(tiny_model):
     with pytest.raises(ValueError, match=r"images are \(3, 16, 16\), the model expects \(1, 16, 16\)"):
-        extract_path_statistics(tiny_model, torch.zeros(2, 3, 16, 16), k=2, progress=False)
+        Extraction(tiny_model, k=2, progress=False).statistics(torch.zeros(2, 3, 16, 16))

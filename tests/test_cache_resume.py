@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 import diffpath_core.cache as cache
-from diffpath_core.cache import extract_path_statistics
+from diffpath_core.extraction import Extraction
 
 N, CHUNK = 48, 8  # six chunks
 
@@ -27,17 +27,17 @@ def test_kill_and_resume(tiny_model_dir, tiny_model, tmp_path):
     # A child process extracts slowly (0.4 s per batch) and is SIGKILLed after two chunks are on disk.
     script = textwrap.dedent(f"""
         import time, torch
-        import diffpath_core.cache as cache
+        from diffpath_core.extraction import Extraction
         from diffpath_core.models import load_diffusers
-        slow = cache.batch_path_statistics
+        slow = Extraction.batch_statistics
         def slowly(*a, **k):
             time.sleep(0.4)
             return slow(*a, **k)
-        cache.batch_path_statistics = slowly
+        Extraction.batch_statistics = slowly
         model = load_diffusers({str(tiny_model_dir)!r}, device="cpu")
         x = torch.load({str(tmp_path / 'images.pt')!r}, weights_only=True)
-        cache.extract_path_statistics(model, x, k=3, batch_size=4, cache_dir={str(cache_dir)!r},
-                                      progress=False, chunk_size={CHUNK})
+        Extraction(model, k=3, batch_size=4, cache_dir={str(cache_dir)!r}, progress=False,
+                   chunk_size={CHUNK}).statistics(x)
     """)
     child = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": os.getcwd()})
     deadline = time.time() + 120
@@ -52,35 +52,35 @@ def test_kill_and_resume(tiny_model_dir, tiny_model, tmp_path):
     mtimes = {p.name: p.stat().st_mtime_ns for p in chunks()}
 
     calls = []
-    real = cache.batch_path_statistics
+    real = Extraction.batch_statistics
 
-    def counting(model, x, *a, **k):
+    def counting(self, x, *a, **k):
         calls.append(len(x))
-        return real(model, x, *a, **k)
+        return real(self, x, *a, **k)
 
-    cache.batch_path_statistics = counting
+    Extraction.batch_statistics = counting
     try:
-        resumed = extract_path_statistics(tiny_model, _images(), k=3, batch_size=4, cache_dir=cache_dir,
-                                          progress=False, chunk_size=CHUNK)
+        resumed = Extraction(tiny_model, k=3, batch_size=4, cache_dir=cache_dir, progress=False,
+                             chunk_size=CHUNK).statistics(_images())
     finally:
-        cache.batch_path_statistics = real
+        Extraction.batch_statistics = real
     assert sum(calls) == N - done_before * CHUNK, "finished chunks must not be recomputed"
     assert all(p.stat().st_mtime_ns == mtimes[p.name] for p in chunks() if p.name in mtimes)
 
-    fresh = extract_path_statistics(tiny_model, _images(), k=3, batch_size=4, progress=False)
+    fresh = Extraction(tiny_model, k=3, batch_size=4, progress=False).statistics(_images())
     assert set(resumed) == set(fresh)
     for key in fresh:
         np.testing.assert_array_equal(resumed[key], fresh[key], err_msg=key)
 
 
 def test_cache_hit_and_key(tiny_model, tiny_images, tmp_path):
-    a = extract_path_statistics(tiny_model, tiny_images, k=3, cache_dir=tmp_path, progress=False)
+    a = Extraction(tiny_model, k=3, cache_dir=tmp_path, progress=False).statistics(tiny_images)
     entries = list(tmp_path.iterdir())
     assert len(entries) == 1 and (entries[0] / "stats.npz").exists() and (entries[0] / "meta.json").exists()
-    b = extract_path_statistics(tiny_model, tiny_images, k=3, cache_dir=tmp_path, progress=False)
+    b = Extraction(tiny_model, k=3, cache_dir=tmp_path, progress=False).statistics(tiny_images)
     np.testing.assert_array_equal(a["eps_s2"], b["eps_s2"])
-    extract_path_statistics(tiny_model, tiny_images, k=4, cache_dir=tmp_path, progress=False)
-    extract_path_statistics(tiny_model, tiny_images[:-1], k=3, cache_dir=tmp_path, progress=False)
+    Extraction(tiny_model, k=4, cache_dir=tmp_path, progress=False).statistics(tiny_images)
+    Extraction(tiny_model, k=3, cache_dir=tmp_path, progress=False).statistics(tiny_images[:-1])
     assert len(list(tmp_path.iterdir())) == 3, "other K or other images must not hit the same entry"
     assert not list(Path(tmp_path).rglob("*.tmp"))
 
@@ -88,7 +88,7 @@ def test_cache_hit_and_key(tiny_model, tiny_images, tmp_path):
 def test_entry_is_bound_to_chunk_size_and_precision(tiny_model, tiny_images, tmp_path):
     """Anything that changes the numbers or the chunking gets an entry of its own."""
     for kwargs in ({}, {"chunk_size": 8}, {"chunk_size": 16}, {"precision": "tf32"}, {"precision": "bf16"}):
-        extract_path_statistics(tiny_model, tiny_images, k=2, cache_dir=tmp_path, progress=False, **kwargs)
+        Extraction(tiny_model, k=2, cache_dir=tmp_path, progress=False, **kwargs).statistics(tiny_images)
     assert len(list(tmp_path.iterdir())) == 5
     from diffpath_core.cache import trajectory_settings
 
@@ -98,12 +98,12 @@ def test_entry_is_bound_to_chunk_size_and_precision(tiny_model, tiny_images, tmp
 
 
 def test_stale_temp_files_are_cleaned(tiny_model, tiny_images, tmp_path):
-    first = extract_path_statistics(tiny_model, tiny_images, k=2, cache_dir=tmp_path, progress=False, chunk_size=8)
+    first = Extraction(tiny_model, k=2, cache_dir=tmp_path, progress=False, chunk_size=8).statistics(tiny_images)
     entry = next(tmp_path.iterdir())
     (entry / "stats.npz").unlink()  # as if the merge had not happened yet
     dead = entry / "chunks" / ".00001.npz.2147483646.tmp"  # a writer that no longer runs
     dead.write_bytes(b"half a chunk")
-    again = extract_path_statistics(tiny_model, tiny_images, k=2, cache_dir=tmp_path, progress=False, chunk_size=8)
+    again = Extraction(tiny_model, k=2, cache_dir=tmp_path, progress=False, chunk_size=8).statistics(tiny_images)
     assert not dead.exists()
     np.testing.assert_array_equal(first["eps_s2"], again["eps_s2"])
 
@@ -112,27 +112,27 @@ def test_two_writers_of_one_entry_compute_each_chunk_once(tiny_model, tiny_image
     """Two extractions of the same entry at once: each chunk is computed by one of them, both get the same."""
     import threading
 
-    real, computed, lock = cache.batch_path_statistics, [], threading.Lock()
+    real, computed, lock = Extraction.batch_statistics, [], threading.Lock()
 
-    def slow_and_counted(model, x, *a, **k):
+    def slow_and_counted(self, x, *a, **k):
         time.sleep(0.2)
         with lock:
             computed.append(len(x))
-        return real(model, x, *a, **k)
+        return real(self, x, *a, **k)
 
-    cache.batch_path_statistics = slow_and_counted
+    Extraction.batch_statistics = slow_and_counted
     results = [None, None]
     try:
         def run(i):
-            results[i] = extract_path_statistics(tiny_model, tiny_images, k=2, batch_size=8, chunk_size=8,
-                                                 cache_dir=tmp_path, progress=False)
+            results[i] = Extraction(tiny_model, k=2, batch_size=8, chunk_size=8, cache_dir=tmp_path,
+                                    progress=False).statistics(tiny_images)
         threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
     finally:
-        cache.batch_path_statistics = real
+        Extraction.batch_statistics = real
     assert sum(computed) == len(tiny_images), "no chunk computed twice"
     for key in results[0]:
         np.testing.assert_array_equal(results[0][key], results[1][key])

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from diffpath_core.data import (DATASETS, find_fashion_mnist_idx, load_dataset, load_fashion_mnist_full,
-                                read_idx, render_glyphs)
+from diffpath_core.datasets import DATASETS, load_dataset
+from diffpath_core.datasets.offline import find_fashion_mnist_idx, load_fashion_mnist_full, read_idx, render_glyphs
 from diffpath_core.errors import DatasetUnavailableError
 
 OFFLINE_SIZES = {  # (train, test)
@@ -45,7 +45,7 @@ def test_limit_is_seeded_and_identity_tracks_content():
 
 
 def test_glyphs_deterministic_and_fonts_disjoint():
-    from diffpath_core.data import GLYPH_FONTS
+    from diffpath_core.datasets.offline import GLYPH_FONTS
 
     x1, y1 = render_glyphs("test", n=40, seed=3)
     x2, y2 = render_glyphs("test", n=40, seed=3)
@@ -70,9 +70,9 @@ def test_fashion_mnist_idx_reader(tmp_path):
 
 
 def test_fashion_mnist_full_missing_says_how(tmp_path, monkeypatch):
-    import diffpath_core.data as data
+    import diffpath_core.datasets.offline as offline
 
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "none")
+    monkeypatch.setattr(offline, "DEBIAN_FASHION_MNIST", tmp_path / "none")
     monkeypatch.delenv("DIFFPATH_DATA", raising=False)
     with pytest.raises(DatasetUnavailableError, match="apt-get install dataset-fashion-mnist"):
         find_fashion_mnist_idx(tmp_path / "empty")
@@ -172,10 +172,6 @@ def test_corrupt_paper_file_is_named(tmp_path):
 
 
 def test_registry_lists_every_profile_dataset():
-    load_dataset("digits", "test", limit=1)  # registers the paper datasets on first unknown name as well
-    from diffpath_core.data import _register_paper_datasets
-
-    _register_paper_datasets()
     for name in ("fashion_mnist", "digits", "glyphs", "fmnist_tops", "fmnist_footwear", "cifar10", "cifar100",
                  "svhn", "celeba", "textures", "tinyimagenet"):
         assert name in DATASETS
@@ -185,7 +181,7 @@ def test_fetch_verifies_and_leaves_nothing_on_failure(tmp_path):
     """Downloads go through .part and a checksum; a file:// URL stands in for the network."""
     import hashlib
 
-    from diffpath_core.download import fetch
+    from diffpath_core.datasets.downloads import fetch
     from diffpath_core.errors import DatasetUnavailableError
 
     def md5(path):

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diffpath_core.cache import extract_path_statistics
-from diffpath_core.data import load_image_folder
+from diffpath_core.datasets import load_image_folder
+from diffpath_core.extraction import Extraction
 
 
 def _free_port() -> int:
@@ -23,8 +23,8 @@ def _assert_equals_single_process(model, folder, sharded_npz):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # same batches, same kernels → bitwise equal
     try:
-        single = extract_path_statistics(model, load_image_folder(folder, size=16, channels=1), k=3,
-                                         batch_size=4, progress=False)
+        single = Extraction(model, k=3, batch_size=4, progress=False).statistics(
+            load_image_folder(folder, size=16, channels=1))
     finally:
         torch.set_num_threads(threads)
     with np.load(sharded_npz) as sharded:
@@ -63,9 +63,9 @@ def test_torchrun_two_processes_equal_single_process(tiny_model_dir, tiny_model,
 
 KILLER = '''
 import os, signal, sys
-import diffpath_core.cache as cache
+from diffpath_core.extraction import Extraction
 
-original, calls = cache.batch_path_statistics, [0]
+original, calls = Extraction.batch_statistics, [0]
 
 
 def batch_then_maybe_die(*args, **kwargs):
@@ -76,7 +76,7 @@ def batch_then_maybe_die(*args, **kwargs):
     return out
 
 
-cache.batch_path_statistics = batch_then_maybe_die
+Extraction.batch_statistics = batch_then_maybe_die
 from diffpath_core.cli import main
 sys.exit(main(sys.argv[1:]))
 '''

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from diffpath_core.cli import main
-from diffpath_core.data import load_image_folder
+from diffpath_core.datasets import load_image_folder
 from diffpath_core.errors import InputError
 
 

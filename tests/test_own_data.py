@@ -10,9 +10,10 @@ import torch
 from PIL import Image
 
 from diffpath_core.cli import main
-from diffpath_core.data import dataset_title, decode_image, load_image_folder
+from diffpath_core.datasets import dataset_title, decode_image, load_image_folder
 from diffpath_core.errors import CheckpointError, InputError
 from diffpath_core.evaluate import Evaluation
+from diffpath_core.extraction import Extraction
 
 
 def _folder(path, n, seed, size=16, smooth=True):
@@ -44,12 +45,13 @@ def test_folder_id_split_is_disjoint_seeded_and_complete(tmp_path):
 
 def test_evaluation_never_scores_id_training_images(tiny_model, tmp_path):
     a, b = _folder(tmp_path / "a", 20, seed=0), _folder(tmp_path / "b", 20, seed=1)
-    ev = Evaluation(tiny_model, k=2, n_train=None, n_test=None, progress=False)
+    ev = Evaluation(Extraction(tiny_model, k=2, progress=False), n_train=None, n_test=None)
     ev.id_sources = {str(a)}
     train, test, ood = ev.images(str(a), "train"), ev.images(str(a), "test"), ev.images(str(b), "test")
     assert set(train.meta["files"]).isdisjoint(test.meta["files"])
     assert len(ood) == 20, "a folder used only as OOD is used whole"
-    explicit = Evaluation(tiny_model, k=2, n_train=None, n_test=None, progress=False, id_test={str(a): str(b)})
+    explicit = Evaluation(Extraction(tiny_model, k=2, progress=False), n_train=None, n_test=None,
+                          id_test={str(a): str(b)})
     assert len(explicit.images(str(a), "train")) == 20
     assert explicit.images(str(a), "test").meta["files"][0] == "img_000.png"
     assert dataset_title(str(a)) == "a" and dataset_title(str(a) + "/") == "a"

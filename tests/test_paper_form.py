@@ -118,8 +118,8 @@ def test_names_belong_to_what_they_claim(tiny_model):
     with pytest.raises(TypeError, match="DiffPathV2Variant"):
         DiffPathV2(tiny_model, form=VariantFormulation(), k=2)
     assert "DiffPathV2" in METHODS and "DiffPathV2-PS" in VARIANTS and "DiffPathV2-PS" not in METHODS
-    assert type(make_method("DiffPathV2", tiny_model, k=2)) is DiffPathV2
-    assert type(make_method("DiffPathV2-PS", tiny_model, k=2)) is DiffPathV2Variant
+    assert type(make_method("DiffPathV2")) is DiffPathV2
+    assert type(make_method("DiffPathV2-PS")) is DiffPathV2Variant
 
 
 def test_default_is_the_validation_protocols_choice():

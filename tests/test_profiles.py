@@ -2,13 +2,12 @@
 import pytest
 
 from diffpath_core.book import load_profile, preflight, run
-from diffpath_core.data import DATASETS, _register_paper_datasets
+from diffpath_core.datasets import DATASETS
 from diffpath_core.improved_diffusion import PRESETS, build_unet, unet_kwargs
 
 
 def test_paper_profile_resolves():
     params = load_profile("paper")
-    _register_paper_datasets()
     names = params["datasets"] + [n for pair in params["extra_pairs"] for n in pair]
     assert all(n in DATASETS for n in names)
     assert len(params["datasets"]) * (len(params["datasets"]) - 1) == 12, "the paper's 12 ordered pairs"
@@ -78,7 +77,7 @@ def test_notebooks_declare_exactly_what_they_read():
 
 def test_paper_preflight_finds_a_missing_training_file(tmp_path, monkeypatch):
     """Test files present, one training file absent: found before any work, not hours in."""
-    from diffpath_core.paper_datasets import SOURCES, check_available
+    from diffpath_core.datasets.paper import SOURCES, check_available
 
     monkeypatch.setenv("DIFFPATH_DATA", str(tmp_path))
     for rel in SOURCES["cifar10"].needs(("train", "test")):

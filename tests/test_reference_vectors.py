@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffpath_core.features import DIFFPATH_STATISTICS, diffpath_statistics, path_statistics, to_numpy
+from diffpath_core.features import DIFFPATH_STATISTICS, diffpath_statistics
+from diffpath_core.statistics import path_statistics, to_numpy
 from diffpath_core.trajectory import invert
 
 

@@ -2,21 +2,24 @@
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from diffpath_core.features import batch_path_statistics, path_statistics
+from diffpath_core.extraction import Extraction
 from diffpath_core.runtime import CompiledNetwork, cpu_workers, run_sharded
+from diffpath_core.statistics import path_statistics
 from diffpath_core.trajectory import invert
 
 
 def test_sharded_inversion_equals_one_batch(reference_model, reference):
     x0 = torch.from_numpy(reference["x0"])
-    one = invert(reference_model, x0, 10, workers=1)
-    two = invert(reference_model, x0, 10, workers=2)
-    assert two.eps.shape == one.eps.shape == (4, 10, 3, 32, 32)
+    one = invert(reference_model, x0, 10)
+    parts = run_sharded(lambda xb: invert(reference_model, xb, 10), x0, 2)  # as the extraction driver shards
+    two = SimpleNamespace(**{f: torch.cat([getattr(p, f) for p in parts]) for f in ("x", "eps", "x0_hat", "x_final")})
+    assert len(parts) == 2 and two.eps.shape == one.eps.shape == (4, 10, 3, 32, 32)
     # float32 rounding of a different batch shape, amplified in ε at the first (least noisy) steps;
     # the tolerance is the one the official vectors are held to
     for field in ("x", "eps", "x0_hat", "x_final"):
@@ -27,13 +30,13 @@ def test_sharded_inversion_equals_one_batch(reference_model, reference):
 def test_batch_statistics_shard_by_worker_count(tiny_model, tiny_images, monkeypatch):
     monkeypatch.setenv("DIFFPATH_CPU_WORKERS", "1")
     assert cpu_workers(torch.device("cpu"), 24) == 1
-    single = batch_path_statistics(tiny_model, tiny_images, k=3)
+    single = Extraction(tiny_model, k=3).batch_statistics(tiny_images)
     monkeypatch.setenv("DIFFPATH_CPU_WORKERS", "3")
     assert cpu_workers(torch.device("cpu"), 24) == 3
     assert cpu_workers(torch.device("cpu"), 16) == 2, "shards of fewer than 8 images are not made"
-    sharded = batch_path_statistics(tiny_model, tiny_images, k=3)
+    sharded = Extraction(tiny_model, k=3).batch_statistics(tiny_images)
     with torch.inference_mode():
-        direct = path_statistics(invert(tiny_model, tiny_images, 3, workers=1))
+        direct = path_statistics(invert(tiny_model, tiny_images, 3))
     for key, value in direct.items():
         np.testing.assert_array_equal(single[key], value.numpy(), err_msg=key)
         # per-step sums where terms cancel (Σ Δε³) are small: their tolerance scales with the largest value

@@ -5,7 +5,7 @@ import torch
 from skimage.metrics import structural_similarity
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from diffpath_core.features import ssim_map
+from diffpath_core.statistics import ssim_map
 from diffpath_core.metrics import all_metrics, aupr_in, aupr_out, auroc, fpr_at_tpr
 
 
@@ -17,7 +17,7 @@ def skimage_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _natural_pairs():
-    from diffpath_core.data import load_dataset
+    from diffpath_core.datasets import load_dataset
 
     clean = load_dataset("fashion_mnist", "test", limit=4, size=32).images
     g = torch.Generator().manual_seed(0)

@@ -1,0 +1,121 @@
+"""Path statistics on disk: one folder per entry, keyed, chunked, atomic, resumable, shardable, locked.
+
+An entry is a folder named by a hash of (model weights, trajectory settings, dataset identity,
+statistics version); the settings hold everything that changes the numbers: K, clipping, precision,
+the reading, the network's execution, the device type (other than the CPU) and the chunk size (other
+than the default), so an entry is bound to its chunking. Images are processed in fixed chunks; each
+finished chunk is written at once (temp file, fsync, rename), so a killed run resumes at the first
+missing chunk, and temp files of killed writers are removed. Each chunk is computed under a file lock:
+a second process extracting the same entry waits and then reads what the first wrote. Whoever finds
+every chunk present merges them, in order, into ``stats.npz`` — the same file a single process writes.
+
+What to compute, and in which order, is the extraction driver's business (:mod:`diffpath_core.extraction`).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .statistics import STATS_VERSION
+from .store import atomic_savez, atomic_write_bytes, clean_stale_temp_files, concatenate, digest, load_npz
+
+CHUNK_SIZE = 256
+
+
+def trajectory_settings(k: int, clip: bool, precision: str, reading: str = "path", noise_seed: int = 0,
+                        device_type: str = "cpu", chunk_size: int = CHUNK_SIZE) -> dict:
+    """What decides the statistics of an image besides the model: the cache key's settings part.
+
+    Defaults add no key (CPU, default chunking, the path reading), so entries written before these keys
+    existed stay valid; anything else has entries of its own.
+    """
+    settings = {"k": int(k), "clip": bool(clip), "precision": precision, "stats": STATS_VERSION}
+    if reading != "path":  # the fresh reading also depends on its seed
+        settings.update(reading=reading, noise_seed=int(noise_seed))
+    if device_type != "cpu":  # other kernels, other rounding (and TF32 unless precision says fp32)
+        settings["device"] = device_type
+    if int(chunk_size) != CHUNK_SIZE:
+        settings["chunk_size"] = int(chunk_size)
+    return settings
+
+
+def entry_key(model_hash: str, settings: dict, identity: str | None = None) -> str:
+    """The hash naming an entry: model weights, settings and (for an entry) the images' identity."""
+    blob = {"model": model_hash, "settings": settings}
+    if identity is not None:
+        blob["data"] = identity
+    return digest(json.dumps(blob, sort_keys=True), length=20)
+
+
+def chunk_bounds(i: int, chunk_size: int, n_images: int) -> tuple[int, int]:
+    """The image range [lo, hi) of chunk ``i``: chunks are fixed, so a resumed run cuts the images the same way."""
+    return i * chunk_size, min((i + 1) * chunk_size, n_images)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive advisory lock on ``path`` (fcntl; where there is none, e.g. on Windows, no lock)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class CacheEntry:
+    """The folder of one entry: ``meta.json``, ``chunks/00000.npz`` …, and ``stats.npz`` once merged."""
+
+    def __init__(self, folder: str | Path, n_images: int, chunk_size: int = CHUNK_SIZE):
+        self.folder, self.n_images, self.chunk_size = Path(folder), int(n_images), int(chunk_size)
+        self.n_chunks = (self.n_images + self.chunk_size - 1) // self.chunk_size
+        self.final, self.chunks = self.folder / "stats.npz", self.folder / "chunks"
+
+    def load(self) -> dict[str, np.ndarray] | None:
+        """The merged statistics, or ``None`` when not merged yet."""
+        return load_npz(self.final) if self.final.exists() else None
+
+    def open(self, meta: dict) -> None:
+        """Make the folders, remove temp files of dead writers, write ``meta.json`` once."""
+        self.chunks.mkdir(parents=True, exist_ok=True)
+        clean_stale_temp_files(self.folder)
+        clean_stale_temp_files(self.chunks)
+        if not (self.folder / "meta.json").exists():
+            atomic_write_bytes(self.folder / "meta.json", json.dumps(meta, indent=2, default=str).encode())
+
+    def bounds(self, i: int) -> tuple[int, int]:
+        return chunk_bounds(i, self.chunk_size, self.n_images)
+
+    def chunk_path(self, i: int) -> Path:
+        return self.chunks / f"{i:05d}.npz"
+
+    def missing(self, chunks) -> list[int]:
+        return [i for i in chunks if not self.chunk_path(i).exists()]
+
+    def write_chunk(self, i: int, compute: Callable[[], dict[str, np.ndarray]]) -> None:
+        """``compute()`` chunk ``i`` under its lock, unless another process wrote it while this one waited."""
+        with _locked(self.chunks / f"{i:05d}.lock"):
+            if not self.chunk_path(i).exists():
+                atomic_savez(self.chunk_path(i), compute())
+
+    def merge(self) -> dict[str, np.ndarray] | None:
+        """Merge chunk files in order into ``stats.npz`` once all exist; ``None`` while some are missing."""
+        if self.final.exists():
+            return load_npz(self.final)
+        if self.missing(range(self.n_chunks)):
+            return None
+        with _locked(self.folder / "merge.lock"):
+            if self.final.exists():
+                return load_npz(self.final)
+            merged = concatenate([load_npz(self.chunk_path(i)) for i in range(self.n_chunks)])
+            atomic_savez(self.final, merged)
+        return merged

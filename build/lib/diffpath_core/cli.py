@@ -1,0 +1,307 @@
+"""The ``diffpath`` command: features, evaluate, select, train, and listings of datasets and models."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+DESCRIPTION = """\
+Zero-shot anomaly detection with one pretrained diffusion model (DiffPath, DiffPathV2).
+
+Each image is pushed along the model's deterministic DDIM path towards noise; statistics of that
+path are features; a density fitted on in-distribution (ID) training features scores test images
+(higher = more in-distribution). Nothing is retrained per dataset.
+
+Typical use, on the embedded Fashion-MNIST model, CPU, a few minutes:
+  diffpath evaluate --datasets fashion_mnist digits glyphs --pair fmnist_tops:fmnist_footwear
+  diffpath evaluate --id fashion_mnist --ood path/to/my_images --resize
+  diffpath features digits --split test --out digits_stats.npz
+  torchrun --nproc_per_node=2 -m diffpath_core.cli features cifar10 --split train   (sharded)
+
+Sources are registered dataset names (see `diffpath datasets`) or folders of images.
+Models are shipped names (see `diffpath models`), diffusers folders / hub ids, or
+improved-diffusion checkpoints (.pt) with --model-config celeba32|imagenet64.
+"""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="fashion_mnist",
+                   help="shipped model name, diffusers folder or hub id, or checkpoint file (default: %(default)s)")
+    p.add_argument("--model-config", default=None,
+                   help="for checkpoint files: improved-diffusion preset (celeba32, imagenet64) or a JSON file")
+    p.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:1 …")
+    p.add_argument("-k", "--steps", type=int, default=10, dest="k", help="trajectory steps K (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per network call (default: %(default)s)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "bf16", "fp16"),
+                   help="network precision: fp32 (exact; TF32 off on GPUs), tf32 (TF32 matmuls on Ampere+ GPUs), "
+                        "bf16/fp16 autocast (faster on GPU); each has cache entries of its own")
+    p.add_argument("--channels-last", action="store_true",
+                   help="channels_last memory format for the network (faster on recent GPUs)")
+    p.add_argument("--compile", action="store_true",
+                   help="run the network through torch.compile (still fp32; compiles once, about half a minute "
+                        "on a CPU, and needs a C++ compiler there); features are cached apart from eager ones")
+    p.add_argument("--cache-dir", default="cache", help="feature cache folder (default: %(default)s)")
+    p.add_argument("--resize", action="store_true", help="resize folder images to the model's size")
+    p.add_argument("--convert-channels", action="store_true", help="convert grey↔RGB folder images")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (and exit status 2), pointing at --help."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="diffpath", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    f = sub.add_parser("features", help="compute (and cache) path statistics and features of one image set")
+    f.add_argument("source", help="dataset name or folder of images")
+    f.add_argument("--split", default="test", choices=("train", "test"))
+    f.add_argument("--limit", type=int, default=None, help="use at most this many images (random, seeded)")
+    f.add_argument("--out", default=None, help="write statistics and features to this .npz")
+    f.add_argument("--chunk-size", type=int, default=256,
+                   help="images per cache chunk, the unit of resumption and of sharding (default: %(default)s)")
+    _common(f)
+
+    e = sub.add_parser("evaluate", help="fit on ID train, score ID test and OOD test sets; print AUROC / FPR95")
+    e.add_argument("--datasets", nargs="+", default=[], help="evaluate every ordered pair of these")
+    e.add_argument("--id", dest="id_set", default=None, help="one ID dataset (with --ood)")
+    e.add_argument("--ood", nargs="+", default=[], help="OOD datasets or folders for --id")
+    e.add_argument("--id-test", default=None, metavar="FOLDER",
+                   help="folder of ID test images for a folder --id (then --id trains on all its images); "
+                        "without it a folder --id is split into disjoint halves, ID-train and ID-test (seeded)")
+    e.add_argument("--pair", nargs="+", default=[], metavar="ID:OOD", help="extra pairs, e.g. fmnist_tops:fmnist_footwear")
+    e.add_argument("--methods", nargs="+", default=["DiffPath-1D", "DiffPath-6D", "DiffPathV2", "DiffPathV2-PS"],
+                   help="DiffPath-1D DiffPath-6D DiffPathV2 (the published methods), DiffPathV2-PS (this project's "
+                        "per-step variant), Reconstruction (baseline); default: the first four")
+    e.add_argument("--density", default="compact", choices=("compact", "reference"),
+                   help="density setting: 'compact' grid (fast, small ID sets) or DiffPath's own 'reference' grid "
+                        "(GMM 50/100 components × 4 covariance types, 10-fold CV; KDE bandwidth 5)")
+    e.add_argument("--n-train", type=int, default=2000, help="ID training images per set (default: %(default)s)")
+    e.add_argument("--n-test", type=int, default=1000, help="test images per set (default: %(default)s)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", default=None, help="write the full table (all metrics) as CSV")
+    _common(e)
+
+    s = sub.add_parser("select", help="rank DiffPathV2's open switches (and this project's variants) on the "
+                                      "validation protocol (ID data only)")
+    s.add_argument("--id", dest="id_set", default="fashion_mnist")
+    s.add_argument("--n-train", type=int, default=2000)
+    s.add_argument("--density", default="compact", choices=("compact", "reference"))
+    s.add_argument("--out", default=None, help="write the ranking as CSV")
+    _common(s)
+
+    t = sub.add_parser("train", help="train a base diffusion model (resumes from --run-dir)")
+    t.add_argument("--dataset", default="fashion_mnist_full")
+    t.add_argument("--run-dir", required=True, help="checkpoints go here; rerun to resume")
+    t.add_argument("--export", default=None, help="folder for the finished model (diffusers layout)")
+    t.add_argument("--train-steps", type=int, default=4000)
+    t.add_argument("--train-batch", type=int, default=64)
+    t.add_argument("--lr", type=float, default=5e-4)
+    t.add_argument("--channels", type=int, nargs="+", default=[32, 64, 64], help="UNet block widths")
+    t.add_argument("--layers-per-block", type=int, default=1)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--quiet", action="store_true")
+
+    d = sub.add_parser("download", help="download paper datasets into the data folder (needs internet)")
+    d.add_argument("names", nargs="+", help="cifar10 cifar100 svhn textures tinyimagenet (CelebA is manual)")
+    d.add_argument("--data-dir", default=None, help="default: $DIFFPATH_DATA or ~/.cache/diffpath/datasets")
+
+    sub.add_parser("datasets", help="list registered datasets")
+    sub.add_parser("models", help="list shipped base models")
+    return parser
+
+
+def _model(args):
+    import torch
+
+    from .models import load_model
+
+    model = load_model(args.model, device=args.device, config=args.model_config)
+    if args.channels_last:
+        model.unet.to(memory_format=torch.channels_last)
+    return model
+
+
+def _extraction(args, model):
+    """The one :class:`Extraction` a command's options describe (the compiled network for --compile)."""
+    from .extraction import CHUNK_SIZE, Extraction
+    from .runtime import CompiledNetwork
+
+    network = CompiledNetwork(model) if args.compile else None
+    return Extraction(model, k=args.k, precision=args.precision, network=network, batch_size=args.batch_size,
+                      cache_dir=args.cache_dir, progress=not args.quiet,
+                      chunk_size=getattr(args, "chunk_size", CHUNK_SIZE))
+
+
+def cmd_features(args) -> int:
+    from . import distributed
+    from .api import DiffPathV2
+    from .datasets import folder_summary, is_folder_source, load_images
+    from .features import diffpath_statistics
+
+    rank, world, device = distributed.setup()  # under torchrun: one shard per process / GPU
+    args.device = device if world > 1 else args.device
+    model = _model(args)
+    images = load_images(args.source, None if is_folder_source(args.source) else args.split, size=model.image_size,
+                         channels=model.in_channels, limit=args.limit, resize_images=args.resize,
+                         convert=args.convert_channels)
+    if folder_summary(images):
+        print(folder_summary(images), file=sys.stderr)
+    v2_detector = DiffPathV2()
+    readings = tuple(dict.fromkeys(("path",) + v2_detector.readings))  # "path" holds DiffPath's statistics
+    stats = distributed.path_statistics(_extraction(args, model), images, readings)
+    distributed.teardown()
+    if rank != 0:
+        return 0
+    twelve = diffpath_statistics(stats)
+    v2 = v2_detector.features_from_statistics(stats)
+    print(f"{len(images)} images of {images.name} ({images.split}); model {model.describe()}; K={args.k}"
+          + (f"; {world} processes" if world > 1 else ""))
+    for name in ("eps_sum_sq_sqrt", "deps_dt_sq_sqrt"):
+        print(f"  {name:>16}: mean {twelve[name].mean():.4g}, std {twelve[name].std():.4g}")
+    print(f"  DiffPathV2 features ({v2_detector.form.label()}): {v2.shape[1]} per image")
+    if args.out:
+        from .store import atomic_savez
+
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_savez(out, {**{f"path_{k}": v for k, v in stats.items()}, **twelve, "diffpathv2": v2})
+        print(f"wrote {out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import Evaluation, ordered_pairs, parse_pair
+
+    pairs = ordered_pairs(args.datasets) + [parse_pair(p) for p in args.pair]
+    if args.id_set:
+        if not args.ood:
+            raise UsageError("--id needs --ood (one or more OOD datasets or folders)")
+        pairs += [(args.id_set, o) for o in args.ood]
+    if args.id_test and not args.id_set:
+        raise UsageError("--id-test goes with --id")
+    if not pairs:
+        raise UsageError("nothing to do; give --datasets A B …, --id A --ood B …, or --pair A:B")
+    check_sources([s for pair in pairs for s in pair] + ([args.id_test] if args.id_test else []))
+    model = _model(args)
+    print(f"model: {model.describe()} on {model.device}; K={args.k}; {len(pairs)} pair(s); "
+          f"up to {args.n_train} ID-train / {args.n_test} test images per set", file=sys.stderr)
+    ev = Evaluation(_extraction(args, model), n_train=args.n_train, n_test=args.n_test, seed=args.seed,
+                    resize=args.resize, convert=args.convert_channels, density=args.density,
+                    id_test={args.id_set: args.id_test} if args.id_test else None)
+    t0 = time.perf_counter()
+    result = ev.run(pairs, args.methods)
+    print("\nAUROC (higher is better)\n" + result.table("auroc"))
+    print("\nFPR at 95% TPR (lower is better)\n" + result.table("fpr95"))
+    print(f"\n{time.perf_counter() - t0:.1f} s in all; density setting {args.density!r}, hyper-parameters chosen "
+          "by cross-validation on ID training features only")
+    if args.out:
+        result.write_csv(args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_select(args) -> int:
+    from .datasets import load_images
+    from .evaluate import write_rows_csv
+    from .validation import select_formulation
+
+    model = _model(args)
+    train = load_images(args.id_set, "train", size=model.image_size, channels=model.in_channels, limit=args.n_train,
+                        resize_images=args.resize, convert=args.convert_channels)
+    rows = select_formulation(_extraction(args, model), train, density=args.density)
+    print(f"{'rank':>4}  {'mean AUROC':>10}  {'family':<11} switches")
+    for i, r in enumerate(rows, 1):
+        print(f"{i:>4}  {r['mean_auroc']:>10.4f}  {r['family']:<11} {r['label']}")
+    if args.out:
+        write_rows_csv(rows, args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .train import TrainConfig, train
+
+    cfg = TrainConfig(dataset=args.dataset, block_out_channels=tuple(args.channels),
+                      layers_per_block=args.layers_per_block, steps=args.train_steps,
+                      batch_size=args.train_batch, lr=args.lr, seed=args.seed)
+    ckpt = train(cfg, args.run_dir, export_dir=args.export, device=args.device, progress=not args.quiet)
+    print(f"checkpoint: {ckpt}" + (f"; model exported to {args.export}" if args.export else ""))
+    return 0
+
+
+def cmd_download(args) -> int:
+    from .datasets.paper import SOURCES, ensure
+
+    for name in args.names:
+        if name not in SOURCES:
+            raise UsageError(f"unknown paper dataset {name!r}; known: {', '.join(SOURCES)}")
+        print(f"{name}: {ensure(name, args.data_dir, download=True)}")
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from .datasets import DATASETS
+
+    for name, spec in sorted(DATASETS.items()):
+        print(f"{name:<20} [{spec.profile}] {spec.description}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .models import PROJECT_MODELS, shipped_models
+
+    for name in shipped_models():
+        rec = PROJECT_MODELS / name / "training_record.json"
+        info = json.loads(rec.read_text()) if rec.exists() else {}
+        print(f"{name:<16} trained on {info.get('dataset', '?')}, {info.get('steps', '?')} steps, "
+              f"{info.get('parameters', 0) / 1e6:.2f}M parameters")
+    return 0
+
+
+class UsageError(Exception):
+    """A mistake in how the command was called (the message says what to give instead)."""
+
+
+def check_sources(sources) -> None:
+    """Every source is a registered dataset or an existing folder, before any work."""
+    from .datasets import DATASETS, is_folder_source
+
+    for source in dict.fromkeys(sources):
+        if is_folder_source(source):
+            if not Path(source).is_dir():
+                raise UsageError(f"{source}: no such folder")
+        elif source not in DATASETS:
+            raise UsageError(f"unknown dataset {source!r}; `diffpath datasets` lists them (or give a folder path)")
+
+
+def main(argv=None) -> int:
+    """Run one command. Mistakes print one line naming the problem and return 2; --debug shows the traceback."""
+    from .errors import DiffPathError
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    handler = {"features": cmd_features, "evaluate": cmd_evaluate, "select": cmd_select, "train": cmd_train,
+               "download": cmd_download, "datasets": cmd_datasets, "models": cmd_models}[args.command]
+    try:
+        return handler(args)
+    except (DiffPathError, UsageError, ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
+        if args.debug:
+            raise
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"diffpath: error: {message}" + ("" if isinstance(exc, (DiffPathError, UsageError))
+                                               else f" ({type(exc).__name__}; --debug shows where)"), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Folders of image files as image sets: listing (hidden and non-image files skipped and counted), seeded
+ID-train / ID-test halves, every unusable file named in one error."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..store import digest
+from .images import ImageSet, convert_channels, decode_image, identity, resize
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+FOLDER_TEST_FRACTION = 0.5  # a folder used as an ID set: this share is held out as its ID-test part
+MAX_NAMED_ERRORS = 20
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")  # also macOS AppleDouble "._name" files
+
+
+def list_image_files(folder: Path) -> tuple[list[Path], dict[str, int]]:
+    """Image files under ``folder`` (recursive, symlinks followed, sorted) and counts of what was skipped."""
+    files, skipped, seen = [], {"hidden": 0, "not an image": 0}, set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a symlink loop
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        skipped["hidden"] += sum(_is_hidden(d) for d in dirnames)
+        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        for name in filenames:
+            if _is_hidden(name):
+                skipped["hidden"] += 1
+            elif Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+                skipped["not an image"] += 1
+            else:
+                files.append(Path(dirpath) / name)
+    return sorted(files, key=lambda p: p.relative_to(folder).as_posix()), skipped
+
+
+def folder_split(n: int, split: str | None, seed: int = 0, test_fraction: float = FOLDER_TEST_FRACTION):
+    """Indices of a folder's ``split``: None = all; "train" / "test" = disjoint parts of a seeded permutation."""
+    if split is None:
+        return np.arange(n)
+    if split not in ("train", "test"):
+        raise InputError(f"split must be 'train', 'test' or None, got {split!r}")
+    if n < 2:
+        raise InputError(f"a folder used as an ID set is split into ID-train and ID-test parts; it needs at least "
+                         f"2 images, it has {n} (or give the ID-test images as a folder of their own)")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_test = min(n - 1, max(1, int(round(test_fraction * n))))
+    return np.sort(perm[:n_test] if split == "test" else perm[n_test:])
+
+
+def load_image_folder(folder: str | os.PathLike, *, size: int = 32, channels: int = 1,
+                      resize_images: bool = False, convert: bool = False, limit: int | None = None,
+                      split: str | None = None, seed: int = 0) -> ImageSet:
+    """Image files under ``folder`` (recursive, symlinks followed), decoded by :func:`decode_image`.
+
+    ``split`` None takes every image; "train" / "test" take disjoint parts of a seeded permutation (half held
+    out for test), so a folder can serve as an ID set without scoring images its density was fitted on.
+    ``limit`` keeps a seeded random sample of that many (after the split). Sizes must equal ``size`` unless
+    ``resize_images``; channel counts must equal ``channels`` unless ``convert`` (grey↔RGB). Hidden files
+    (including macOS ``._*``) and files without an image suffix are skipped and counted in ``meta["skipped"]``;
+    every file that cannot be used is named in one :class:`InputError`.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(f"{root}: not a folder")
+    files, skipped = list_image_files(root)
+    if not files:
+        raise InputError(f"{root}: folder holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                         f"skipped {skipped['hidden']} hidden and {skipped['not an image']} other file(s)")
+    n_all = len(files)
+    idx = folder_split(n_all, split, seed)
+    if limit is not None and limit < len(idx):
+        idx = np.sort(np.random.default_rng(seed).choice(idx, size=limit, replace=False))
+    files = [files[i] for i in idx]
+    arrays, hashed, problems = [], [], []
+    for path in files:
+        try:
+            arr = decode_image(path)
+        except InputError as exc:
+            problems.append(str(exc))
+            continue
+        have = 1 if arr.ndim == 2 else arr.shape[2]
+        if have != channels and not convert:
+            problems.append(f"{path}: has {have} channel(s), the model expects {channels}; "
+                            "pass convert=True (CLI: --convert-channels) to convert grey/RGB")
+            continue
+        if arr.shape[:2] != (size, size) and not resize_images:
+            problems.append(f"{path}: size {arr.shape[1]}×{arr.shape[0]}, the model expects {size}×{size}; "
+                            "pass resize_images=True (CLI: --resize) to resize")
+            continue
+        t = torch.from_numpy(arr if arr.ndim == 3 else arr[..., None]).permute(2, 0, 1)[None] * 2.0 - 1.0
+        arrays.append(resize(convert_channels(t, channels, str(path)), size))
+        hashed += [path.relative_to(root).as_posix(), arr]
+    if problems:
+        listed = "\n  ".join(problems[:MAX_NAMED_ERRORS])
+        more = f"\n  … and {len(problems) - MAX_NAMED_ERRORS} more" if len(problems) > MAX_NAMED_ERRORS else ""
+        raise InputError(f"{root}: {len(problems)} of {len(files)} image file(s) cannot be used:\n  {listed}{more}")
+    images = torch.cat(arrays)
+    part = "all" if split is None else split
+    key = identity("folder", digest(*hashed, length=None), size, channels, resize_images, convert, part, seed)
+    return ImageSet(root.name, split or "folder", images, None, key,
+                    meta={"files": [p.relative_to(root).as_posix() for p in files], "skipped": skipped,
+                          "n_in_folder": n_all, "split": part, "seed": seed})
+
+
+def folder_summary(images: ImageSet) -> str | None:
+    """One line on what a folder gave (images, which part, what was skipped); None for a registered dataset."""
+    if "skipped" not in images.meta:
+        return None
+    skipped, part = images.meta["skipped"], images.meta["split"]
+    which = "" if part == "all" else f" ({part} part of {images.meta['n_in_folder']}, seed {images.meta['seed']})"
+    return (f"{images.name}: {len(images)} images{which}; skipped {skipped['hidden']} hidden and "
+            f"{skipped['not an image']} non-image file(s)")
+
+
+def is_folder_source(source: str) -> bool:
+    return os.path.isdir(source) or os.sep in str(source)

@@ -1,0 +1,212 @@
+"""Run the protocol: for each ID set, fit each method on ID-train, score ID-test and each OOD test set.
+
+Used by ``diffpath evaluate`` and by the notebooks, so both print the same numbers. Every path
+statistic goes through the feature cache, so a second run only refits the density models.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from itertools import permutations
+from pathlib import Path
+
+import numpy as np
+
+from .api import BorderMean, DiffPath, DiffPathV2, DiffPathV2Variant
+from .datasets import dataset_title, folder_summary, is_folder_source, load_images
+from .errors import InputError
+from .extraction import Extraction, as_extraction
+from .features import reconstruction_score
+from .metrics import all_metrics
+from .store import atomic_savez, atomic_write_bytes, digest, stats_digest
+
+METHODS = ("DiffPath-1D", "DiffPath-6D", "DiffPathV2")  # the published methods
+VARIANTS = ("DiffPathV2-PS",)                             # this project's formulations, reported beside them
+BASELINES = ("Reconstruction", "Border mean")              # no diffusion features / no model at all
+METHOD_FACTORIES = {
+    "DiffPath-1D": lambda **kw: DiffPath(variant="1d", **kw),
+    "DiffPath-6D": lambda **kw: DiffPath(variant="6d", **kw),
+    "DiffPathV2": lambda **kw: DiffPathV2(**kw),
+    "DiffPathV2-PS": lambda **kw: DiffPathV2Variant(**kw),
+    "Border mean": lambda **kw: BorderMean(**kw),
+}
+
+
+def make_method(name: str, **kwargs):
+    """A fresh detector for a method name, ``kwargs`` passed to its constructor (``Reconstruction`` has none:
+    it needs no fitting). Scoring statistics needs no model, so an evaluation passes only the density."""
+    if name in METHOD_FACTORIES:
+        return METHOD_FACTORIES[name](**kwargs)
+    if name == "Reconstruction":
+        return None
+    raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS + VARIANTS + BASELINES)}")
+
+
+def source_label(source: str) -> str:
+    """How a source appears in tables and CSVs: a registered name as it is, a folder by its own name."""
+    return dataset_title(source) if is_folder_source(source) else source
+
+
+def ordered_pairs(datasets) -> list[tuple[str, str]]:
+    """Every ordered (ID, OOD) pair of distinct datasets."""
+    return list(permutations(datasets, 2))
+
+
+def parse_pair(text: str) -> tuple[str, str]:
+    if ":" not in text or text.startswith(":") or text.endswith(":"):
+        raise InputError(f"a pair is written ID:OOD (e.g. fmnist_tops:fmnist_footwear), got {text!r}")
+    a, b = text.split(":", 1)
+    return a, b
+
+
+def write_rows_csv(rows: list[dict], path: str | os.PathLike) -> None:
+    """Rows of dicts as UTF-8 CSV, written atomically (the cache's temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_bytes(path, text.getvalue().encode("utf-8"))
+
+
+@dataclass
+class EvaluationResult:
+    rows: list[dict] = field(default_factory=list)
+    scores: dict = field(default_factory=dict)  # (method, id, ood) -> (scores_id, scores_ood)
+    seconds: float = 0.0
+
+    def write_csv(self, path: str | os.PathLike) -> None:
+        write_rows_csv(self.rows, path)
+
+    def table(self, metric: str = "auroc") -> str:
+        """A plain-text pairs × methods table of one metric, with the average row."""
+        methods = list(dict.fromkeys(r["method"] for r in self.rows))
+        pairs = list(dict.fromkeys((r["id"], r["ood"]) for r in self.rows))
+        value = {(r["id"], r["ood"], r["method"]): r[metric] for r in self.rows}
+        width = max(len(f"{dataset_title(a)} → {dataset_title(b)}") for a, b in pairs) + 2
+        lines = [f"{'ID → OOD':<{width}}" + "".join(f"{m:>16}" for m in methods)]
+        for a, b in pairs:
+            lines.append(f"{dataset_title(a) + ' → ' + dataset_title(b):<{width}}" +
+                         "".join(f"{value[(a, b, m)]:>16.3f}" for m in methods))
+        lines.append(f"{'average':<{width}}" + "".join(
+            f"{np.mean([value[(a, b, m)] for a, b in pairs]):>16.3f}" for m in methods))
+        return "\n".join(lines)
+
+
+class Evaluation:
+    """Path statistics per (dataset, split), memoised in memory and cached on disk; scores cached too.
+
+    ``extraction`` says how statistics are computed (model, K, precision, cache folder, …); the rest says
+    which images (sizes, seed, folder options) and which density setting the named methods get.
+    """
+
+    def __init__(self, extraction: Extraction, *, n_train: int | None = 2000, n_test: int | None = 2000,
+                 seed: int = 0, resize: bool = False, convert: bool = False, density: str = "compact",
+                 id_test: dict | None = None, **extraction_settings):
+        extraction = as_extraction(extraction, extraction_settings, "Evaluation")
+        self.extraction, self.n_train, self.n_test, self.seed = extraction, n_train, n_test, seed
+        self.density, self.resize, self.convert = density, resize, convert
+        self.id_test = dict(id_test or {})  # ID source → a folder of its ID-test images
+        self.id_sources: set[str] = set()   # set by run(): folders among them are split into train / test
+        self._stats: dict = {}
+
+    @property
+    def model(self):
+        return self.extraction.model
+
+    def resolve(self, source: str, split: str) -> tuple[str, str | None]:
+        """Where one split of a source comes from: (source, part), part None meaning a whole folder.
+
+        A folder that is an ID set is split into disjoint ID-train / ID-test parts, unless ``id_test`` gives its
+        ID-test images as a folder of their own (then it trains on all its images); a folder used only as OOD
+        is used whole; a registered dataset has its own splits.
+        """
+        if source in self.id_test:
+            return (self.id_test[source], None) if split == "test" else (source, None)
+        if is_folder_source(source):
+            return source, (split if source in self.id_sources else None)
+        return source, split
+
+    def images(self, source: str, split: str):
+        where, part = self.resolve(source, split)
+        return load_images(where, part, size=self.model.image_size, channels=self.model.in_channels,
+                           limit=self.n_train if split == "train" else self.n_test, seed=self.seed,
+                           resize_images=self.resize, convert=self.convert)
+
+    def stats(self, source: str, split: str, readings=("path",)) -> dict[str, np.ndarray]:
+        """Statistics of one (dataset, split) for the given readings, merged (each reading cached on its own)."""
+        merged: dict[str, np.ndarray] = {}
+        where = self.resolve(source, split)
+        images = None  # decoded once, only if some reading is not memoised yet
+        for reading in readings:
+            key = (where, split, reading)
+            if key not in self._stats:
+                if images is None:
+                    images = self.images(source, split)
+                    if self.extraction.progress and folder_summary(images):
+                        print(folder_summary(images), file=sys.stderr)
+                self._stats[key] = self.extraction.statistics(
+                    images, reading, desc=f"{dataset_title(source)} {split}: K={self.extraction.k} trajectories")
+            merged.update(self._stats[key])
+        return merged
+
+    def fit_and_score(self, det, id_name: str, targets: list[str]) -> tuple[dict[str, np.ndarray], str]:
+        """Fit ``det`` on ID-train statistics, score the ID test set and each target's test set.
+
+        Scores are cached (keyed by the detector's settings and a digest of every statistic it saw):
+        a fitted density is deterministic in those, so a rebuild of the book refits nothing.
+        """
+        train = self.stats(id_name, "train", det.readings)
+        names = [id_name] + [t for t in targets if t != id_name]
+        tests = {n: self.stats(n, "test", det.readings) for n in names}
+        key = digest("|".join([det.token(), stats_digest(train)] + [f"{n}:{stats_digest(tests[n])}" for n in names]),
+                     length=20)
+        cache_dir = self.extraction.cache_dir
+        path = Path(cache_dir) / "scores" / f"{key}.npz" if cache_dir else None
+        if path is not None and path.exists():
+            with np.load(path, allow_pickle=False) as d:
+                return {n: d[f"score_{n}"] for n in names}, str(d["describe"])
+        det.fit_statistics(train)
+        scores = {n: det.score_statistics(tests[n]) for n in names}
+        describe = det.detector_.describe()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_savez(path, {**{f"score_{n}": v for n, v in scores.items()}, "describe": np.array(describe)})
+        return scores, describe
+
+    def run(self, pairs, methods=METHODS + VARIANTS) -> EvaluationResult:
+        """Every method on every (ID, OOD) pair; ``methods`` holds names or (label, factory()) pairs.
+
+        Named methods get this evaluation's density setting; a factory builds its detector as it likes (no model
+        needed: the detector only scores the statistics this evaluation extracts).
+        """
+        t0 = time.perf_counter()
+        result = EvaluationResult()
+        self.id_sources |= {a for a, _ in pairs}
+        for id_name in dict.fromkeys(a for a, _ in pairs):
+            oods = [b for a, b in pairs if a == id_name]
+            for method in methods:
+                label, factory = (method, None) if isinstance(method, str) else method
+                det = make_method(label, density=self.density) if factory is None else factory()
+                if det is None:  # the reconstruction baseline needs no density
+                    scores = {n: reconstruction_score(self.stats(n, "test")) for n in [id_name] + oods}
+                    describe, n_train = "none", 0
+                else:
+                    scores, describe = self.fit_and_score(det, id_name, oods)
+                    n_train = len(next(iter(self.stats(id_name, "train", det.readings).values())))
+                for ood in oods:
+                    s_id, s_ood = scores[id_name], scores[ood]
+                    result.scores[(label, id_name, ood)] = (s_id, s_ood)
+                    result.rows.append({"id": source_label(id_name), "ood": source_label(ood), "method": label,
+                                        **{m: round(v, 4) for m, v in all_metrics(s_id, s_ood).items()},
+                                        "n_id_train": n_train, "n_id_test": len(s_id), "n_ood_test": len(s_ood),
+                                        "k": self.extraction.k, "detector": describe,
+                                        "density": self.density if factory is None else "custom",
+                                        "model": self.model.source.get("name", "model")})
+        result.seconds = time.perf_counter() - t0
+        return result

@@ -1,0 +1,88 @@
+"""The registry of named datasets, and the two ways to ask for images: by name or by folder.
+
+The package's ``__init__`` registers the offline sets (:mod:`.offline`) and the paper sets (:mod:`.paper`);
+users add their own with :func:`register`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import InputError
+from ..store import digest
+from .folders import is_folder_source, load_image_folder
+from .images import ImageSet, convert_channels, identity, resize, uint8_to_model_range
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How to get one named dataset: a loader giving uint8 (N,H,W[,C]) images and labels."""
+
+    name: str
+    title: str
+    loader: Callable[..., tuple]
+    description: str
+    classes: tuple[int, ...] | None = None  # keep only these labels (class splits)
+    profile: str = "offline"
+
+
+DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register(spec: DatasetSpec) -> DatasetSpec:
+    """Add a dataset to the registry (also how users plug in their own named sets)."""
+    DATASETS[spec.name] = spec
+    return spec
+
+
+def load_dataset(name: str, split: str = "test", *, size: int = 32, channels: int = 1,
+                 limit: int | None = None, seed: int = 0, data_dir=None, download: bool = False) -> ImageSet:
+    """Load a registered dataset split as an :class:`ImageSet` at ``size``×``size`` with ``channels``.
+
+    ``limit`` keeps a random subset of that many images (fixed by ``seed``), in original order.
+    """
+    if name not in DATASETS:
+        raise InputError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))} "
+                         "(or pass a folder path)")
+    if split not in ("train", "test"):
+        raise InputError(f"split must be 'train' or 'test', got {split!r}")
+    spec = DATASETS[name]
+    raw, labels = spec.loader(split, data_dir=data_dir, download=download)
+    if spec.classes is not None:
+        keep = np.isin(labels, spec.classes)
+        raw, labels = raw[keep], labels[keep]
+    if limit is not None and limit < len(raw):
+        idx = np.sort(np.random.default_rng(seed).choice(len(raw), size=limit, replace=False))
+        labels = labels[idx]
+        raw = raw.decode(idx, size) if hasattr(raw, "decode") else raw[idx]
+    elif hasattr(raw, "decode"):  # image files decoded on demand (paper datasets)
+        raw = raw.decode(range(len(raw)), size)
+    images = resize(convert_channels(uint8_to_model_range(raw), channels, name), size)
+    key = identity(name, split, digest(raw), size, channels, "bilinear-aa")
+    return ImageSet(name, split, images, labels, key,
+                    meta={"title": spec.title, "description": spec.description})
+
+
+def dataset_title(name: str) -> str:
+    """The short display name of a registered dataset; a folder's own name (never a path of this machine)."""
+    if name in DATASETS:
+        return DATASETS[name].title
+    return Path(str(name).rstrip("/\\")).name or str(name)
+
+
+def load_images(source: str, split: str | None = "test", **kwargs) -> ImageSet:
+    """A registered dataset name or a folder path, whichever ``source`` is.
+
+    For a folder, ``split`` None takes every image and "train" / "test" its disjoint parts (see
+    :func:`load_image_folder`).
+    """
+    if is_folder_source(source):
+        folder_kwargs = {k: kwargs[k] for k in ("size", "channels", "resize_images", "convert", "limit", "seed")
+                         if k in kwargs}
+        return load_image_folder(source, split=split, **folder_kwargs)
+    dataset_kwargs = {k: kwargs[k] for k in ("size", "channels", "limit", "seed", "data_dir", "download")
+                      if k in kwargs}
+    return load_dataset(source, split, **dataset_kwargs)
