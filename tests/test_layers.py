@@ -15,7 +15,7 @@ FLOORS = {  # the lowest floor first; a module may import its own floor (without
     "foundations": ("errors", "store", "progress", "runtime"),
     "data and models": ("datasets", "datasets.images", "datasets.folders", "datasets.registry", "datasets.offline",
                         "datasets.paper", "datasets.downloads", "schedule", "improved_diffusion", "models",
-                        "data", "paper_datasets"),  # the last two: deprecated aliases of datasets
+                        "data", "paper_datasets", "download"),  # the last three: deprecated aliases of datasets
     "network on images": ("trajectory", "sampling", "train"),
     "path statistics": ("statistics",),
     "extraction": ("cache", "extraction", "distributed"),
