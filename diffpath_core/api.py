@@ -12,6 +12,7 @@ fitted to ID training features: higher = more in-distribution.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 import numpy as np
@@ -55,9 +56,6 @@ class _TrajectoryDetector:
     ``score_samples`` / ``token`` / ``describe``.
     """
 
-    _EXTRACTION_PARAMS = ("model", "k", "clip", "precision", "batch_size", "cache_dir", "device", "progress",
-                          "network", "noise_seed")
-
     def __init__(self, model: DiffusionModel | Extraction | str = "fashion_mnist", *, k: int = 10,
                  clip: bool = True, precision: str = "fp32", batch_size: int = 64, cache_dir=None,
                  device="auto", progress: bool = True, detector=None, density: str = "compact", network=None,
@@ -89,11 +87,16 @@ class _TrajectoryDetector:
         """The constructor's arguments as given (scikit-learn's convention)."""
         return {name: getattr(self, name) for name in self._param_defaults()}
 
+    def _extraction_settings(self) -> dict:
+        """The parameters that are :class:`Extraction` fields (k, clip, precision, …), read off its dataclass."""
+        names = {f.name for f in dataclasses.fields(Extraction)} - {"model"}
+        return {name: value for name, value in self.get_params().items() if name in names}
+
     def token(self) -> str:
         """Everything that decides this detector's scores, given the statistics (the score cache's key part):
         the parameters that are not about extraction, and the density's own token."""
-        scoring = {k: v for k, v in self.get_params().items()
-                   if k not in self._EXTRACTION_PARAMS + ("detector", "density")}
+        not_scoring = {*self._extraction_settings(), "model", "device", "detector", "density"}
+        scoring = {k: v for k, v in self.get_params().items() if k not in not_scoring}
         return f"{type(self).__name__}|{scoring!r}|{self.new_density().token()}"
 
     # -- scoring: statistics in, no model needed
@@ -119,16 +122,14 @@ class _TrajectoryDetector:
     def extraction(self) -> Extraction:
         """The :class:`Extraction` these parameters describe, built (and the model loaded) on first use."""
         if getattr(self, "extraction_", None) is None:
+            settings = self._extraction_settings()
             if isinstance(self.model, Extraction):
                 defaults = self._param_defaults()
-                given = {n: getattr(self, n) for n in self._EXTRACTION_PARAMS[1:] if getattr(self, n) != defaults[n]}
+                given = {n: v for n, v in {**settings, "device": self.device}.items() if v != defaults[n]}
                 self.extraction_ = as_extraction(self.model, given, type(self).__name__)
             else:
                 model = load_model(self.model, device=self.device) if isinstance(self.model, str) else self.model
-                self.extraction_ = Extraction(model, k=self.k, clip=self.clip, precision=self.precision,
-                                              network=self.network, batch_size=self.batch_size,
-                                              cache_dir=self.cache_dir, progress=self.progress,
-                                              noise_seed=self.noise_seed)
+                self.extraction_ = Extraction(model, **settings)
         return self.extraction_
 
     def path_statistics(self, images: Images, desc: str | None = None) -> dict[str, np.ndarray]:
