@@ -29,9 +29,9 @@ from .errors import InputError
 from .models import DiffusionModel
 from .progress import progress_bar
 from .runtime import cpu_workers, run_sharded, tune_cpu_allocator
-from .statistics import READINGS, reading_statistics, to_numpy
+from .statistics import check_reading, reading_statistics, to_numpy
 from .store import concatenate, digest
-from .trajectory import PRECISIONS
+from .trajectory import check_precision
 
 Statistics = dict[str, np.ndarray]
 
@@ -66,8 +66,7 @@ class Extraction:
     chunk_size: int = CHUNK_SIZE
 
     def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        check_precision(self.precision)
         for name in ("k", "batch_size", "chunk_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
@@ -100,9 +99,8 @@ class Extraction:
         """
         readings = (readings,) if isinstance(readings, str) else tuple(readings)
         name, identity, x = self._checked(images)
-        unknown = [r for r in readings if r not in READINGS]
-        if unknown:
-            raise ValueError(f"reading must be one of {READINGS}, got {unknown[0]!r}")
+        for reading in readings:  # every reading named correctly before any work
+            check_reading(reading)
         parts = [self._reading(name, identity, x, reading, desc, rank, world) for reading in readings]
         if any(part is None for part in parts):  # a shard whose peers have not finished
             return None

@@ -27,6 +27,14 @@ READINGS = ("path", "fresh")    # "path": the DDIM inversion (every method); "fr
 ERROR_MAPS = ("score", "eps")   # the score error r_k, or the raw ε_k (an ablation)
 SSIM_PAIRS = ("image", "noise")  # D from SSIM(x0, x̂0_k), or from SSIM(ε̃_k, ε_k)
 
+
+def check_reading(reading: str) -> str:
+    """``reading`` if it is one of :data:`READINGS`; otherwise a ValueError that names them."""
+    if reading not in READINGS:
+        raise ValueError(f"reading must be one of {READINGS}, got {reading!r}")
+    return reading
+
+
 # ----------------------------------------------------------------------------- SSIM
 
 SSIM_WINDOW = 11  # Gaussian window, sigma 1.5 (kornia's and scikit-image's convention)
@@ -218,9 +226,7 @@ def reading_statistics(model, x: torch.Tensor, reading: str = "path", k: int = 1
     ``reading="path"``: :func:`path_statistics` of the DDIM inversion; ``"fresh"``:
     :func:`fresh_noise_statistics` of K forward-noised copies (noise seeded by image content and ``noise_seed``).
     """
-    if reading not in READINGS:
-        raise ValueError(f"reading must be one of {READINGS}, got {reading!r}")
     with torch.inference_mode():
-        if reading == "path":
+        if check_reading(reading) == "path":
             return path_statistics(invert(model, x, k, clip, precision, network))
         return fresh_noise_statistics(noised_estimates(model, x, k, clip, precision, network, noise_seed))

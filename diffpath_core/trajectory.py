@@ -82,16 +82,28 @@ def _tf32(allowed: bool):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`; otherwise a ValueError that names them."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
 def autocast_context(device: torch.device, precision: str):
     """How the network runs: fp32 (default; on GPUs TF32 is turned off, so fp32 means fp32), tf32 (TF32
     matmuls and convolutions on Ampere+ GPUs; on a CPU the same as fp32, but cached apart), or bf16 / fp16
     autocast. Only the network runs under it; the trajectory's own arithmetic is always fp32."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision in ("fp32", "tf32"):
+    if check_precision(precision) in ("fp32", "tf32"):
         return _tf32(precision == "tf32") if device.type == "cuda" else contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _to_model(model: DiffusionModel, x: torch.Tensor) -> torch.Tensor:
+    """A batch as the network takes it: float32 on the model's device, channels_last on GPUs (matches a
+    ``--channels-last`` network; harmless otherwise)."""
+    x = x.to(device=model.device, dtype=torch.float32)
+    return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cuda" else x
 
 
 @torch.inference_mode()
@@ -104,9 +116,7 @@ def invert(model: DiffusionModel, x0: torch.Tensor, k: int = 10, clip: bool = Tr
     a :class:`runtime.CompiledNetwork`); it receives the timestep as a (B,) tensor.
     """
     schedule = model.schedule(k)
-    x = x0.to(device=model.device, dtype=torch.float32)
-    if x.device.type == "cuda":  # matches a channels_last network (--channels-last); harmless otherwise
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = _to_model(model, x0)
     c = schedule.coefficients(x.device)
     predict = network or model.predict_eps
     b = x.shape[0]
@@ -171,9 +181,7 @@ def noised_estimates(model: DiffusionModel, x0: torch.Tensor, k: int = 10, clip:
     Costs K network passes, like the inversion; the states are independent, not a path.
     """
     schedule = model.schedule(k)
-    x0 = x0.to(device=model.device, dtype=torch.float32)
-    if x0.device.type == "cuda":
-        x0 = x0.contiguous(memory_format=torch.channels_last)
+    x0 = _to_model(model, x0)
     c = schedule.coefficients(x0.device)
     predict = network or model.predict_eps
     noise = content_seeded_noise(x0, k, seed)
