@@ -45,12 +45,12 @@ def load_profile(name_or_path: str, overrides: dict | None = None) -> dict:
 
 def preflight(params: dict) -> list[str]:
     """Everything the profile needs that is not here, as one line each (checked before any work)."""
-    from .datasets import DATASETS, check_available
+    from .datasets import check_available, source_problem
     from .models import shipped_models
     from .notebook import project_path
 
     names = list(params.get("datasets", [])) + [n for pair in params.get("extra_pairs", []) for n in pair]
-    problems = [f"unknown dataset {n!r}" for n in dict.fromkeys(names) if n not in DATASETS and not Path(n).is_dir()]
+    problems = [problem for n in dict.fromkeys(names) for problem in [source_problem(n)] if problem]
     problems += check_available(dict.fromkeys(names))
     if params.get("profile") == "paper" and str(params.get("device", "auto")) == "auto":
         import torch

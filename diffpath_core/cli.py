@@ -274,14 +274,12 @@ class UsageError(Exception):
 
 def check_sources(sources) -> None:
     """Every source is a registered dataset or an existing folder, before any work."""
-    from .datasets import DATASETS, is_folder_source
+    from .datasets import source_problem
 
     for source in dict.fromkeys(sources):
-        if is_folder_source(source):
-            if not Path(source).is_dir():
-                raise UsageError(f"{source}: no such folder")
-        elif source not in DATASETS:
-            raise UsageError(f"unknown dataset {source!r}; `diffpath datasets` lists them (or give a folder path)")
+        problem = source_problem(source)
+        if problem:
+            raise UsageError(problem)
 
 
 def main(argv=None) -> int:

@@ -14,7 +14,7 @@ from .images import (ImageSet, check_images, convert_channels, decode_image, res
                      uint8_to_model_range)
 from .offline import OFFLINE_DATASETS
 from .paper import PAPER_DATASETS, check_available
-from .registry import DATASETS, DatasetSpec, dataset_title, load_dataset, load_images, register
+from .registry import DATASETS, DatasetSpec, dataset_title, load_dataset, load_images, register, source_problem
 
 for _spec in OFFLINE_DATASETS + PAPER_DATASETS:
     register(_spec)
@@ -22,4 +22,5 @@ del _spec
 
 __all__ = ["DATASETS", "DatasetSpec", "ImageSet", "check_available", "check_images", "convert_channels",
            "dataset_title", "decode_image", "folder_summary", "is_folder_source", "list_image_files",
-           "load_dataset", "load_image_folder", "load_images", "register", "resize", "uint8_to_model_range"]
+           "load_dataset", "load_image_folder", "load_images", "register", "resize", "source_problem",
+           "uint8_to_model_range"]

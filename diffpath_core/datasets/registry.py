@@ -73,6 +73,16 @@ def dataset_title(name: str) -> str:
     return Path(str(name).rstrip("/\\")).name or str(name)
 
 
+def source_problem(source: str) -> str | None:
+    """``None`` if ``source`` is a registered dataset or an existing folder, else one line saying which it is not
+    (checked before any work, by the CLI and the book runner)."""
+    if is_folder_source(source):
+        return None if Path(source).is_dir() else f"{source}: no such folder"
+    if source not in DATASETS:
+        return f"unknown dataset {source!r}; `diffpath datasets` lists them (or give a folder path)"
+    return None
+
+
 def load_images(source: str, split: str | None = "test", **kwargs) -> ImageSet:
     """A registered dataset name or a folder path, whichever ``source`` is.
 
