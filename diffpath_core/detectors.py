@@ -12,13 +12,17 @@ Two named density settings (:func:`density_model`):
 - ``"compact"``: a cheaper grid for small ID sets and CPUs: GMM components {1, 2, 4, 8, 16}, same
   covariance types, 3-fold CV; KDE bandwidth by 5-fold CV on standardised features.
 
-Cross-validation fits run in parallel over the CPU cores (joblib, ``n_jobs=-1``).
+Cross-validation folds are shuffled with the detector's seed, after the rows are put in an order fixed by
+their values: the folds, and so the chosen hyper-parameters and the fitted density, do not depend on the
+order the images came in (a folder sorted by class, camera or date would otherwise give folds that are whole
+classes). The official DiffPath code drew its statistics from a shuffled DataLoader, so its folds were random
+too. Cross-validation fits run in parallel over the CPU cores (joblib, ``n_jobs=-1``).
 """
 from __future__ import annotations
 
 import numpy as np
 from sklearn.mixture import GaussianMixture
-from sklearn.model_selection import GridSearchCV
+from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.neighbors import KernelDensity
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -40,8 +44,22 @@ def _as_2d(x, what: str, at_least: int = 1) -> np.ndarray:
     return x
 
 
+FOLDS = "shuffled"  # part of every density token: scores cached under unshuffled folds are not reused
+
+
+def canonical_order(x: np.ndarray) -> np.ndarray:
+    """The rows of ``x`` sorted by their values (first column first): an order that does not depend on the
+    order the images arrived in. Equal rows are interchangeable, so the result is unique."""
+    return x[np.lexsort(x.T[::-1])]
+
+
+def shuffled_folds(n_splits: int, n: int, seed: int) -> KFold:
+    """K-fold splits over a seeded permutation of the rows (at most ``n`` folds)."""
+    return KFold(n_splits=min(n_splits, n), shuffle=True, random_state=seed)
+
+
 class KDEDetector:
-    """Gaussian KDE; bandwidth by k-fold CV log-likelihood on ID data, on standardised features.
+    """Gaussian KDE; bandwidth by shuffled k-fold CV log-likelihood on ID data, on standardised features.
 
     ``bandwidth`` fixes it instead, on the standardised scale, or on the raw scale with
     ``standardize=False`` (the official DiffPath-1D: bandwidth 5, raw; :meth:`reference`).
@@ -58,12 +76,12 @@ class KDEDetector:
         return cls(bandwidth=5.0, standardize=False)
 
     def fit(self, features) -> "KDEDetector":
-        x = _as_2d(features, "KDE fit", at_least=2 if self.bandwidth is not None else 2 * self.cv)
+        x = canonical_order(_as_2d(features, "KDE fit", at_least=2 if self.bandwidth is not None else 2 * self.cv))
         self.scaler_ = StandardScaler(with_mean=self.standardize, with_std=self.standardize).fit(x)
         z = self.scaler_.transform(x)
         if self.bandwidth is None:
             search = GridSearchCV(KernelDensity(kernel="gaussian"), {"bandwidth": list(self.grid)},
-                                  cv=min(self.cv, len(z)), n_jobs=self.n_jobs)
+                                  cv=shuffled_folds(self.cv, len(z), self.seed), n_jobs=self.n_jobs)
             search.fit(z)
             self.bandwidth_ = float(search.best_params_["bandwidth"])
         else:
@@ -75,14 +93,15 @@ class KDEDetector:
         return self.kde_.score_samples(self.scaler_.transform(_as_2d(features, "KDE score")))
 
     def token(self) -> str:
-        return f"kde{self.bandwidth}{self.grid}cv{self.cv}" + ("" if self.standardize else "raw")
+        return (f"kde{self.bandwidth}{self.grid}cv{self.cv}{FOLDS}s{self.seed}"
+                + ("" if self.standardize else "raw"))
 
     def describe(self) -> str:
         return f"Gaussian KDE, bandwidth {self.bandwidth_:g} ({'standardised' if self.standardize else 'raw'})"
 
 
 class GMMDetector:
-    """Gaussian mixture on standardised features; components and covariance type by k-fold CV on ID data.
+    """Gaussian mixture on standardised features; components and covariance type by shuffled k-fold CV on ID data.
 
     ``grid`` of component counts and ``covariance_types`` are searched with ``cv`` folds (the official
     code: components (50, 100), all four covariance types, 10 folds; ``GMMDetector.reference()``).
@@ -100,13 +119,14 @@ class GMMDetector:
                    max_iter=200, seed=seed, reg_covar=1e-6)
 
     def fit(self, features) -> "GMMDetector":
-        x = _as_2d(features, "GMM fit", at_least=2 * self.cv)
+        x = canonical_order(_as_2d(features, "GMM fit", at_least=2 * self.cv))
         comps = [c for c in self.components if c <= max(1, len(x) * (self.cv - 1) // self.cv)] or [1]
         pipe = Pipeline([("scaler", StandardScaler()),
                          ("gmm", GaussianMixture(max_iter=self.max_iter, random_state=self.seed,
                                                  reg_covar=self.reg_covar))])
         grid = {"gmm__n_components": comps, "gmm__covariance_type": list(self.covariance_types)}
-        search = GridSearchCV(pipe, grid, cv=min(self.cv, len(x)), n_jobs=self.n_jobs, error_score=-np.inf)
+        search = GridSearchCV(pipe, grid, cv=shuffled_folds(self.cv, len(x), self.seed), n_jobs=self.n_jobs,
+                              error_score=-np.inf)
         search.fit(x)
         self.best_params_ = {k.split("__")[1]: v for k, v in search.best_params_.items()}
         self.cv_results_ = search.cv_results_
@@ -117,7 +137,8 @@ class GMMDetector:
         return self.model_.score_samples(_as_2d(features, "GMM score"))
 
     def token(self) -> str:
-        return f"gmm{self.components}{self.covariance_types}cv{self.cv}it{self.max_iter}s{self.seed}r{self.reg_covar:g}"
+        return (f"gmm{self.components}{self.covariance_types}cv{self.cv}{FOLDS}it{self.max_iter}s{self.seed}"
+                f"r{self.reg_covar:g}")
 
     def describe(self) -> str:
         p = self.best_params_

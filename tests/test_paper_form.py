@@ -7,7 +7,7 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 from sklearn.mixture import GaussianMixture
-from sklearn.model_selection import GridSearchCV
+from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.neighbors import KernelDensity
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -131,14 +131,18 @@ def test_default_is_the_validation_protocols_choice():
 
 
 def test_reference_density_is_diffpaths_grid():
-    """GMMDetector.reference() is the official eval_6d.py search, built here independently with scikit-learn."""
+    """GMMDetector.reference() is the official eval_6d.py search, built here independently with scikit-learn:
+    the same grid, with its 10 folds drawn at random (as the official code's shuffled DataLoader made them) over
+    the rows in an order fixed by their values."""
     rng = np.random.default_rng(0)
     x = np.r_[rng.normal(0, 1, (300, 3)), rng.normal(4, 0.5, (300, 3))] * [1.0, 10.0, 0.1]
     ours = GMMDetector.reference().fit(x)
+    rows = x[np.lexsort(x.T[::-1])]
     official = GridSearchCV(Pipeline([("scaler", StandardScaler()), ("gmm", GaussianMixture(max_iter=200,
                                                                                             random_state=0))]),
                             {"gmm__n_components": [50, 100],
-                             "gmm__covariance_type": ["full", "tied", "diag", "spherical"]}, cv=10).fit(x)
+                             "gmm__covariance_type": ["full", "tied", "diag", "spherical"]},
+                            cv=KFold(10, shuffle=True, random_state=0)).fit(rows)
     assert len(ours.cv_results_["params"]) == 8
     assert ours.best_params_ == {k.split("__")[1]: v for k, v in official.best_params_.items()}
     np.testing.assert_allclose(ours.cv_results_["mean_test_score"], official.cv_results_["mean_test_score"])
