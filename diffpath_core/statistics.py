@@ -1,6 +1,7 @@
 """Path statistics: what one trajectory leaves per image, computed in torch, cached and versioned.
 
-One trajectory yields, per image, sums over pixels of a handful of maps (ε, Δε, the score error r, the SSIM
+One trajectory yields, per image, sums over pixels of a handful of maps, folded in step by step as the network
+makes them (:class:`PathStatistics`) (ε, Δε, the score error r, the SSIM
 dissimilarity D, and the power sums the paper form needs). They are small, exact, and enough to form
 DiffPath's twelve statistics, DiffPathV2's six features for every switch (true-noise reading, SSIM pair,
 weight w = 1+λD / D / 1 for any λ, score error or raw ε) and this project's variants
@@ -20,9 +21,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .trajectory import NoisedEstimates, Trajectory, invert, noised_estimates
+from .trajectory import NoisedEstimates, Step, Trajectory, inversion_steps, noised_steps
 
-STATS_VERSION = "pathstats-v3"  # bump when path_statistics changes: old cache entries then miss
+STATS_VERSION = "pathstats-v4"  # bump when PathStatistics changes: old cache entries then miss
 READINGS = ("path", "fresh")    # "path": the DDIM inversion (every method); "fresh": forward-noised copies
 ERROR_MAPS = ("score", "eps")   # the score error r_k, or the raw ε_k (an ablation)
 SSIM_PAIRS = ("image", "noise")  # D from SSIM(x0, x̂0_k), or from SSIM(ε̃_k, ε_k)
@@ -110,97 +111,142 @@ def noise_dissimilarity_maps(traj: Trajectory | NoisedEstimates) -> torch.Tensor
 
 # ----------------------------------------------------------------------------- path statistics
 
-def _sum64(t: torch.Tensor, dims) -> torch.Tensor:
-    """Sum of a float32 map accumulated in float64: products stay float32 (7 digits each, plenty for a power
-    of a pixel), while sums of thousands of signed terms, which can nearly cancel, keep float64's digits."""
-    return t.sum(dims, dtype=torch.float64)
+SUM_BLOCK = 2048  # float32 partial sums over this many entries, then float64 across blocks
 
 
-def _moments(t: torch.Tensor, prefix: str) -> dict[str, torch.Tensor]:
-    """Σ t, Σ|t|, Σ t², Σ t³ over (C, H, W) for each image and step: t is (B, S, C, H, W) → (B, S), float64."""
-    t = t.float()
+def pixel_sum(t: torch.Tensor) -> torch.Tensor:
+    """Σ over all but the first dim of a (B, …) map → (B,) float64, without a float64 copy of the map.
+
+    Sums of thousands of signed terms can nearly cancel, so they must not lose float32's digits to the order
+    of addition: entries are summed in float32 within blocks of :data:`SUM_BLOCK` (each block's rounding error
+    is ~1e-6 of its absolute sum) and the block sums in float64. ``t.sum(dtype=float64)`` would first make a
+    float64 copy of the whole map.
+    """
+    flat = t.float().reshape(t.shape[0], -1)
+    n = flat.shape[-1]
+    if n <= SUM_BLOCK:
+        return flat.sum(-1).double()
+    if n % SUM_BLOCK:  # zeros complete the last block (a float32 copy, only for odd sizes)
+        flat = torch.nn.functional.pad(flat, (0, SUM_BLOCK - n % SUM_BLOCK))
+    return flat.reshape(t.shape[0], -1, SUM_BLOCK).sum(-1).double().sum(-1)
+
+
+def _moments(t: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Σ t, Σ|t|, Σ t², Σ t³ over the pixels of each image of one step: (B, …) → (B,) float64 each."""
     sq = t * t
-    dims = (2, 3, 4)
-    return {f"{prefix}_s1": _sum64(t, dims), f"{prefix}_abs": _sum64(t.abs(), dims),
-            f"{prefix}_s2": _sum64(sq, dims), f"{prefix}_s3": _sum64(sq * t, dims)}
+    return {"s1": pixel_sum(t), "abs": pixel_sum(t.abs()), "s2": pixel_sum(sq), "s3": pixel_sum(sq * t)}
 
 
-def _powers(t: torch.Tensor) -> torch.Tensor:
-    """[1, t, t², t³] of each image's map, flattened: (B, 4, N) float64 (N = steps × C × H × W)."""
-    t = t.reshape(t.shape[0], 1, -1).double()
-    t2 = t * t
-    return torch.cat([torch.ones_like(t), t, t2, t2 * t], dim=1)
-
-
-def _power_sums(a: torch.Tensor, bs: dict[str, torch.Tensor], prefixes: dict[str, str]) -> dict[str, torch.Tensor]:
-    """``prefix{p}{j}`` = Σ_steps,pixels a^(p−j) b^j for 1 ≤ p ≤ 3, 0 ≤ j ≤ p, per image (B,), float64, for
-    each map b of ``bs`` (with its prefix). One batched product [1, a, a², a³] · [1, b, b², b³]ᵀ per b gives
-    every such sum at once; the powers of a are shared by all b."""
-    pa = _powers(a)
+def _power_sums(a: torch.Tensor, bs: dict[str, torch.Tensor]) -> dict[tuple, torch.Tensor]:
+    """{(name, p, j): Σ_pixels a^(p−j) b^j} for 1 ≤ p ≤ 3, 0 ≤ j ≤ p and each map b of ``bs``, for one step;
+    (B,) float64 each. Products are float32 and made one at a time; the powers of a serve every b."""
+    pa = {1: a, 2: a * a}
+    pa[3] = pa[2] * a
+    alone = {p: pixel_sum(pa[p]) for p in (1, 2, 3)}  # j = 0: the same for every b
     out = {}
     for name, b in bs.items():
-        m = torch.bmm(pa, _powers(b).transpose(1, 2))  # m[:, i, j] = Σ a^i b^j
-        out.update({f"{prefixes[name]}{p}{j}": m[:, p - j, j] for p in (1, 2, 3) for j in range(p + 1)})
+        pb = {1: b, 2: b * b}
+        pb[3] = pb[2] * b
+        for p in (1, 2, 3):
+            out[name, p, 0] = alone[p]
+            for j in range(1, p + 1):
+                out[name, p, j] = pixel_sum(pb[j] if j == p else pa[p - j] * pb[j])
     return out
 
 
-def paper_form_statistics(traj: Trajectory | NoisedEstimates, reading: str,
-                          d_image: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """The power sums of DiffPathV2's paper form for one true-noise reading, every error map and SSIM pair.
+class PathStatistics:
+    """Per-image statistics of one reading, accumulated step by step: memory is a few maps of one step, whatever
+    K and the image size (the steps need not be kept).
 
-    ``pf_{reading}_{error}_{pair}_e{p}{j}`` = Σ_k Σ_pixels e_k^(p−j) (D_k e_k)^j and ``…_d{p}{j}`` the same
-    of K Δe_k and K Δ(D_k e_k); ``error`` is the score error r ("score") or the raw ε ("eps"). ``d_image``:
-    the image pair's D maps when the caller has them already.
+    ``reading="path"`` (the DDIM inversion) gives
+
+        eps_*   (B, K)   moments of ε_k (s1 = Σ, abs = Σ|·|, s2 = Σ·², s3 = Σ·³ over channels and pixels)
+        deps_*  (B, K−1) moments of Δε_k = K (ε_k+1 − ε_k)
+        err_*   (B, K)   moments of the score error r_k = ε_k − ε̃_k (noise units)
+        d_sum   (B, K)   Σ D_k (per pixel, channel-averaged SSIM dissimilarity of x0 and x̂0_k)
+        d_err2  (B, K)   Σ_c,pixels D_k r_k²       d_eps2 (B, K)  Σ D_k ε_k²
+        rec_s2  (B, K)   Σ (x0 − x̂0_k)²: the reconstruction error (a baseline, not part of either method)
+        border_mean (B,) mean of x0 over its outer frame (a trivial baseline, see :func:`border_mean`)
+
+    and ``"fresh"`` (forward-noised copies) ``fresh_err_s2`` (B, K) = Σ r_k². Both add the paper form's power
+    sums ``pf_{reading}_{error}_{pair}_e{p}{j}`` = Σ_k Σ_pixels e_k^(p−j) (D_k e_k)^j and ``…_d{p}{j}`` the same
+    of K Δe_k and K Δ(D_k e_k), for ``error`` the score error r ("score") or the raw ε ("eps") and ``pair`` the
+    SSIM pair (x0, x̂0_k) ("image") or (ε̃_k, ε_k) ("noise"). All float64, on the steps' device.
     """
-    k = traj.eps.shape[1]
-    errors = {"score": score_error(traj), "eps": traj.eps}  # ERROR_MAPS
-    pairs = {"image": dissimilarity_maps(traj) if d_image is None else d_image,  # SSIM_PAIRS
-             "noise": noise_dissimilarity_maps(traj)}
-    out = {}
-    for err_name, e in errors.items():
-        bs = {pair: d * e for pair, d in pairs.items()}
-        prefix = {pair: f"pf_{reading}_{err_name}_{pair}_" for pair in pairs}
-        rates = {pair: k * (b[:, 1:] - b[:, :-1]) for pair, b in bs.items()}
-        out.update(_power_sums(e, bs, {pair: p + "e" for pair, p in prefix.items()}))
-        out.update(_power_sums(k * (e[:, 1:] - e[:, :-1]), rates, {pair: p + "d" for pair, p in prefix.items()}))
-    return out
+
+    def __init__(self, schedule, x0: torch.Tensor, reading: str = "path"):
+        self.reading, self.k = check_reading(reading), schedule.k
+        self.x0 = x0.float()
+        self.snr_sqrt = schedule.coefficients(self.x0.device)["snr_sqrt"]
+        self.per_step: dict[str, list] = {}
+        zero = torch.zeros(x0.shape[0], dtype=torch.float64, device=x0.device)
+        self.totals = {f"pf_{reading}_{err}_{pair}_{kind}{p}{j}": zero.clone() for err in ERROR_MAPS
+                       for pair in SSIM_PAIRS for kind in "ed" for p in (1, 2, 3) for j in range(p + 1)}
+        self.previous: dict | None = None
+
+    def _record(self, name: str, value: torch.Tensor) -> None:
+        self.per_step.setdefault(name, []).append(value)
+
+    def add(self, step: Step) -> None:
+        """Fold one step in (steps in order, 0 … K−1)."""
+        eps, x0_hat = step.eps.float(), step.x0_hat.float()
+        r = self.snr_sqrt[step.index] * (self.x0 - x0_hat)
+        d_image = dissimilarity(self.x0, x0_hat)
+        if self.reading == "path":
+            for name, value in _moments(eps).items():
+                self._record(f"eps_{name}", value)
+            if self.previous is not None:
+                for name, value in _moments(self.k * (eps - self.previous["eps"][0])).items():
+                    self._record(f"deps_{name}", value)
+            for name, value in _moments(r).items():
+                self._record(f"err_{name}", value)
+            self._record("rec_s2", pixel_sum((self.x0 - x0_hat) ** 2))
+            self._record("d_sum", pixel_sum(d_image))
+            self._record("d_err2", pixel_sum(d_image * r * r))
+            self._record("d_eps2", pixel_sum(d_image * eps * eps))
+        else:
+            self._record("fresh_err_s2", pixel_sum(r * r))
+        pairs = {"image": d_image, "noise": dissimilarity(step.true_noise.float(), eps)}  # SSIM_PAIRS
+        current = {}
+        for err, e in (("score", r), ("eps", eps)):  # ERROR_MAPS
+            bs = {pair: d * e for pair, d in pairs.items()}
+            current[err] = (e, bs)
+            self._add_power_sums(f"pf_{self.reading}_{err}_", "e", e, bs)
+            if self.previous is not None:
+                e_prev, bs_prev = self.previous[err]
+                rates = {pair: self.k * (b - bs_prev[pair]) for pair, b in bs.items()}
+                self._add_power_sums(f"pf_{self.reading}_{err}_", "d", self.k * (e - e_prev), rates)
+        self.previous = current  # current["eps"][0] is ε_k itself
+
+    def _add_power_sums(self, prefix: str, kind: str, a: torch.Tensor, bs: dict[str, torch.Tensor]) -> None:
+        for (pair, p, j), value in _power_sums(a, bs).items():
+            self.totals[f"{prefix}{pair}_{kind}{p}{j}"] += value
+
+    def result(self) -> dict[str, torch.Tensor]:
+        """The statistics of every step added so far (see the class docstring)."""
+        b = self.x0.shape[0]
+        out = {name: torch.stack(values, dim=1) for name, values in self.per_step.items()}
+        if self.reading == "path":
+            for name in ("s1", "abs", "s2", "s3"):  # K = 1: no rate of change
+                out.setdefault(f"deps_{name}", torch.zeros(b, 0, dtype=torch.float64, device=self.x0.device))
+            out["border_mean"] = border_mean(self.x0)
+        return {**out, **self.totals}
 
 
 def path_statistics(traj: Trajectory) -> dict[str, torch.Tensor]:
-    """Per-image sums over pixels (float64, on the trajectory's device) along the DDIM path.
-
-    eps_*   (B, K)   moments of ε_k
-    deps_*  (B, K−1) moments of Δε_k = K (ε_k+1 − ε_k)
-    err_*   (B, K)   moments of the score error r_k = ε_k − ε̃_k (noise units)
-    d_sum   (B, K)   Σ D_k (per pixel, channel-averaged SSIM of x0 and x̂0_k)
-    d_err2  (B, K)   Σ_c,pixels D_k r_k²       d_eps2 (B, K)  Σ D_k ε_k²
-    rec_s2  (B, K)   Σ (x0 − x̂0_k)²: the reconstruction error (a baseline, not part of either method)
-    border_mean (B,) mean of x0 over its outer frame (a trivial baseline, see :func:`border_mean`)
-    pf_path_* (B,)   the paper form's power sums (:func:`paper_form_statistics`)
-    """
-    k = traj.schedule.k
-    eps = traj.eps
-    stats = _moments(eps, "eps")
-    stats.update(_moments((eps[:, 1:] - eps[:, :-1]) * k, "deps"))
-    err = score_error(traj)
-    stats.update(_moments(err, "err"))
-    dims = (2, 3, 4)
-    stats["rec_s2"] = _sum64((traj.x0[:, None] - traj.x0_hat) ** 2, dims)
-    stats["border_mean"] = border_mean(traj.x0)
-    d_image = dissimilarity_maps(traj)
-    stats["d_sum"] = _sum64(d_image, dims)
-    stats["d_err2"] = _sum64(d_image * err * err, dims)
-    stats["d_eps2"] = _sum64(d_image * eps * eps, dims)
-    stats.update(paper_form_statistics(traj, "path", d_image))
-    return stats
+    """:class:`PathStatistics` of a stored DDIM trajectory (the extraction streams the steps instead)."""
+    acc = PathStatistics(traj.schedule, traj.x0, "path")
+    for step in traj.steps():
+        acc.add(step)
+    return acc.result()
 
 
 def fresh_noise_statistics(est: NoisedEstimates) -> dict[str, torch.Tensor]:
-    """Statistics of the fresh-noise reading: the paper form's power sums and the per-step ‖r_k‖²."""
-    r = score_error(est)
-    stats = {"fresh_err_s2": _sum64(r * r, (2, 3, 4))}
-    stats.update(paper_form_statistics(est, "fresh"))
-    return stats
+    """:class:`PathStatistics` of the fresh-noise reading's stored steps."""
+    acc = PathStatistics(est.schedule, est.x0, "fresh")
+    for step in est.steps():
+        acc.add(step)
+    return acc.result()
 
 
 def border_mean(x0: torch.Tensor) -> torch.Tensor:
@@ -212,7 +258,7 @@ def border_mean(x0: torch.Tensor) -> torch.Tensor:
     w = max(1, x0.shape[-1] // 8)
     frame = torch.ones(x0.shape[-2:], dtype=torch.bool, device=x0.device)
     frame[w:-w, w:-w] = False
-    return x0.double()[..., frame].mean((1, 2))
+    return x0.float()[..., frame].double().mean((1, 2))
 
 
 def to_numpy(stats: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -221,12 +267,20 @@ def to_numpy(stats: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
 
 def reading_statistics(model, x: torch.Tensor, reading: str = "path", k: int = 10, clip: bool = True,
                        precision: str = "fp32", network=None, noise_seed: int = 0) -> dict[str, torch.Tensor]:
-    """Statistics of one batch for one reading, in the calling thread: nothing is sharded or cached here.
+    """Statistics of one batch for one reading, in the calling thread: nothing is sharded or cached here, and no
+    step is kept (each is folded into :class:`PathStatistics` as it is made).
 
-    ``reading="path"``: :func:`path_statistics` of the DDIM inversion; ``"fresh"``:
-    :func:`fresh_noise_statistics` of K forward-noised copies (noise seeded by image content and ``noise_seed``).
+    ``reading="path"``: the DDIM inversion; ``"fresh"``: K forward-noised copies (noise seeded by image content
+    and ``noise_seed``).
     """
     with torch.inference_mode():
         if check_reading(reading) == "path":
-            return path_statistics(invert(model, x, k, clip, precision, network))
-        return fresh_noise_statistics(noised_estimates(model, x, k, clip, precision, network, noise_seed))
+            steps = inversion_steps(model, x, k, clip, precision, network)
+        else:
+            steps = noised_steps(model, x, k, clip, precision, network, noise_seed)
+        acc = None
+        for step in steps:
+            if acc is None:
+                acc = PathStatistics(model.schedule(k), x.to(step.x.device), reading)
+            acc.add(step)
+        return acc.result()

@@ -28,6 +28,18 @@ from .schedule import TrajectorySchedule
 
 
 @dataclass
+class Step:
+    """One step of a reading, (B, C, H, W) each: the state ``x`` at step ``index``, the network's ``eps`` and
+    ``x0_hat``, and the noise the state carries relative to x0 (``true_noise``)."""
+
+    index: int
+    x: torch.Tensor
+    eps: torch.Tensor
+    x0_hat: torch.Tensor
+    true_noise: torch.Tensor
+
+
+@dataclass
 class Trajectory:
     """Per-step tensors of shape (B, K, C, H, W): inputs ``x`` (x[:, 0] is the image), ``eps``, ``x0_hat``."""
 
@@ -52,6 +64,12 @@ class Trajectory:
         """x_1 … x_K: the state after each step (the reference's ``x_t``)."""
         return torch.cat([self.x[:, 1:], self.x_final[:, None]], dim=1)
 
+    def steps(self):
+        """The stored steps one at a time, as :func:`inversion_steps` yields them."""
+        true = self.true_noise
+        for i in range(self.schedule.k):
+            yield Step(i, self.x[:, i], self.eps[:, i], self.x0_hat[:, i], true[:, i])
+
 
 @dataclass
 class NoisedEstimates:
@@ -66,6 +84,11 @@ class NoisedEstimates:
     eps: torch.Tensor
     x0_hat: torch.Tensor
     schedule: TrajectorySchedule
+
+    def steps(self):
+        """The stored steps one at a time, as :func:`noised_steps` yields them."""
+        for i in range(self.schedule.k):
+            yield Step(i, self.x[:, i], self.eps[:, i], self.x0_hat[:, i], self.true_noise[:, i])
 
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
@@ -106,29 +129,45 @@ def _to_model(model: DiffusionModel, x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cuda" else x
 
 
-@torch.inference_mode()
-def invert(model: DiffusionModel, x0: torch.Tensor, k: int = 10, clip: bool = True,
-           precision: str = "fp32", network=None) -> Trajectory:
-    """Run the K-step DDIM inversion of one batch ``x0`` in [-1, 1]; returns a :class:`Trajectory`.
+def inversion_steps(model: DiffusionModel, x0: torch.Tensor, k: int = 10, clip: bool = True,
+                    precision: str = "fp32", network=None):
+    """The K-step DDIM inversion of one batch ``x0`` in [-1, 1], one :class:`Step` at a time (nothing kept: what
+    a step leaves is the consumer's business), then the final state x_K as the generator's return value.
 
     Pure and in the calling thread: how batches are sharded over cores belongs to the extraction driver
     (:class:`extraction.Extraction`). ``network(x, t)`` optionally replaces ``model.predict_eps`` (for example
-    a :class:`runtime.CompiledNetwork`); it receives the timestep as a (B,) tensor.
+    a :class:`runtime.CompiledNetwork`); it receives the timestep as a (B,) tensor. Run it under
+    ``torch.inference_mode()``.
     """
     schedule = model.schedule(k)
     x = _to_model(model, x0)
+    first = x
     c = schedule.coefficients(x.device)
     predict = network or model.predict_eps
-    b = x.shape[0]
-    xs = x.new_empty((b, k) + tuple(x.shape[1:]))
-    eps_all = torch.empty_like(xs)
-    x0_hat_all = torch.empty_like(xs)
     for i in range(k):
-        xs[:, i] = x
-        eps_all[:, i], x0_hat_all[:, i], x = ddim_step(predict, x, schedule.net_timesteps[i], c["sqrt_recip"][i],
-                                                       c["sqrt_recipm1"][i], c["sqrt_a_next"][i],
-                                                       c["sqrt_1ma_next"][i], clip, precision)
-    return Trajectory(xs, eps_all, x0_hat_all, x, schedule)
+        eps, x0_hat, x_next = ddim_step(predict, x, schedule.net_timesteps[i], c["sqrt_recip"][i],
+                                        c["sqrt_recipm1"][i], c["sqrt_a_next"][i], c["sqrt_1ma_next"][i], clip,
+                                        precision)
+        yield Step(i, x, eps, x0_hat, (x - c["sqrt_a"][i] * first) / c["sqrt_1ma"][i])
+        x = x_next
+    return x
+
+
+@torch.inference_mode()
+def invert(model: DiffusionModel, x0: torch.Tensor, k: int = 10, clip: bool = True,
+           precision: str = "fp32", network=None) -> Trajectory:
+    """Run the K-step DDIM inversion of one batch ``x0`` in [-1, 1] and keep every step: a :class:`Trajectory`
+    of (B, K, C, H, W) tensors (figures, tests, anomaly maps; statistics stream the steps instead)."""
+    steps = inversion_steps(model, x0, k, clip, precision, network)
+    kept = []
+    while True:
+        try:
+            kept.append(next(steps))
+        except StopIteration as done:
+            x_final = done.value
+            break
+    stack = lambda field: torch.stack([getattr(st, field) for st in kept], dim=1)  # noqa: E731
+    return Trajectory(stack("x"), stack("eps"), stack("x0_hat"), x_final, model.schedule(k))
 
 
 def denoise_estimate(predict, x: torch.Tensor, net_timestep: float, sqrt_recip, sqrt_recipm1, clip: bool,
@@ -173,23 +212,28 @@ def content_seeded_noise(x0: torch.Tensor, k: int, seed: int = 0) -> torch.Tenso
     return out.to(x0.device)
 
 
-@torch.inference_mode()
-def noised_estimates(model: DiffusionModel, x0: torch.Tensor, k: int = 10, clip: bool = True,
-                     precision: str = "fp32", network=None, seed: int = 0) -> NoisedEstimates:
-    """The fresh-noise reading: at each τ_k, noise x0 with seeded n_k and estimate ε_k, x̂0_k (one batch).
-
-    Costs K network passes, like the inversion; the states are independent, not a path.
-    """
+def noised_steps(model: DiffusionModel, x0: torch.Tensor, k: int = 10, clip: bool = True, precision: str = "fp32",
+                 network=None, seed: int = 0):
+    """The fresh-noise reading one :class:`Step` at a time: at each τ_k, x0 noised with seeded n_k (the step's
+    ``true_noise``) and the network's ε_k, x̂0_k. K network passes, like the inversion; the states are
+    independent, not a path. Run it under ``torch.inference_mode()``."""
     schedule = model.schedule(k)
     x0 = _to_model(model, x0)
     c = schedule.coefficients(x0.device)
     predict = network or model.predict_eps
     noise = content_seeded_noise(x0, k, seed)
-    xs = torch.empty_like(noise)
-    eps_all = torch.empty_like(noise)
-    x0_hat_all = torch.empty_like(noise)
     for i in range(k):
-        xs[:, i] = c["sqrt_a"][i] * x0 + c["sqrt_1ma"][i] * noise[:, i]
-        eps_all[:, i], x0_hat_all[:, i] = denoise_estimate(predict, xs[:, i], schedule.net_timesteps[i],
-                                                           c["sqrt_recip"][i], c["sqrt_recipm1"][i], clip, precision)
-    return NoisedEstimates(x0, xs, noise, eps_all, x0_hat_all, schedule)
+        x = c["sqrt_a"][i] * x0 + c["sqrt_1ma"][i] * noise[:, i]
+        eps, x0_hat = denoise_estimate(predict, x, schedule.net_timesteps[i], c["sqrt_recip"][i],
+                                       c["sqrt_recipm1"][i], clip, precision)
+        yield Step(i, x, eps, x0_hat, noise[:, i])
+
+
+@torch.inference_mode()
+def noised_estimates(model: DiffusionModel, x0: torch.Tensor, k: int = 10, clip: bool = True,
+                     precision: str = "fp32", network=None, seed: int = 0) -> NoisedEstimates:
+    """The fresh-noise reading of one batch with every step kept (:class:`NoisedEstimates`)."""
+    kept = list(noised_steps(model, x0, k, clip, precision, network, seed))
+    stack = lambda field: torch.stack([getattr(st, field) for st in kept], dim=1)  # noqa: E731
+    return NoisedEstimates(_to_model(model, x0), stack("x"), stack("true_noise"), stack("eps"), stack("x0_hat"),
+                           model.schedule(k))

@@ -28,20 +28,39 @@ def test_sharded_inversion_equals_one_batch(reference_model, reference):
 
 
 def test_batch_statistics_shard_by_worker_count(tiny_model, tiny_images, monkeypatch):
-    monkeypatch.setenv("DIFFPATH_CPU_WORKERS", "1")
-    assert cpu_workers(torch.device("cpu"), 24) == 1
-    single = Extraction(tiny_model, k=3).batch_statistics(tiny_images)
+    """With 3 workers the batch really is cut in 3 single-threaded shards, in order: the result equals, bit for
+    bit, the three shards computed one after another here (one thread each), and the one-batch result to
+    float32 rounding."""
+    import diffpath_core.extraction as extraction
+
     monkeypatch.setenv("DIFFPATH_CPU_WORKERS", "3")
     assert cpu_workers(torch.device("cpu"), 24) == 3
     assert cpu_workers(torch.device("cpu"), 16) == 2, "shards of fewer than 8 images are not made"
+    shards, real = [], extraction.run_sharded
+
+    def spy(fn, x, workers):
+        def counted(xb):
+            shards.append((len(xb), torch.get_num_threads()))
+            return fn(xb)
+        return real(counted, x, workers)
+
+    monkeypatch.setattr(extraction, "run_sharded", spy)
     sharded = Extraction(tiny_model, k=3).batch_statistics(tiny_images)
+    assert sorted(shards) == [(8, 1)] * 3, "three shards of 8 images, each single-threaded"
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            one_by_one = [path_statistics(invert(tiny_model, xb, 3)) for xb in tiny_images.chunk(3)]
+    finally:
+        torch.set_num_threads(previous)
     with torch.inference_mode():
-        direct = path_statistics(invert(tiny_model, tiny_images, 3))
-    for key, value in direct.items():
-        np.testing.assert_array_equal(single[key], value.numpy(), err_msg=key)
+        whole = path_statistics(invert(tiny_model, tiny_images, 3))
+    for key in whole:
+        np.testing.assert_array_equal(sharded[key], torch.cat([p[key] for p in one_by_one]).numpy(), err_msg=key)
         # per-step sums where terms cancel (Σ Δε³) are small: their tolerance scales with the largest value
-        scale = np.abs(single[key]).max()
-        np.testing.assert_allclose(sharded[key], single[key], rtol=1e-4, atol=1e-5 * scale, err_msg=key)
+        scale = np.abs(whole[key].numpy()).max()
+        np.testing.assert_allclose(sharded[key], whole[key].numpy(), rtol=1e-4, atol=1e-5 * scale, err_msg=key)
 
 
 def test_run_sharded_restores_threads_and_keeps_order():
