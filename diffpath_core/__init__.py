@@ -10,12 +10,12 @@ features → density (detectors) → api / evaluation / validation → book, CLI
 from .api import DEFAULT_PS, DEFAULT_V2, DiffPath, DiffPathV2, DiffPathV2Variant
 from .datasets import ImageSet, load_dataset, load_image_folder, load_images
 from .extraction import Extraction
-from .features import PaperForm, V2Formulation, VariantFormulation
+from .features import PaperForm, VariantFormulation
 from .metrics import all_metrics, auroc, fpr_at_tpr
 from .models import DiffusionModel, load_model
 from .trajectory import invert, noised_estimates
 
 __all__ = ["DiffPath", "DiffPathV2", "DiffPathV2Variant", "DEFAULT_V2", "DEFAULT_PS", "Extraction", "PaperForm",
-           "VariantFormulation", "V2Formulation", "ImageSet", "load_dataset", "load_image_folder", "load_images",
+           "VariantFormulation", "ImageSet", "load_dataset", "load_image_folder", "load_images",
            "all_metrics", "auroc", "fpr_at_tpr", "DiffusionModel", "load_model", "invert", "noised_estimates"]
-__version__ = "0.3.0"
+__version__ = "0.4.0"

@@ -20,7 +20,7 @@ import torch
 
 from .datasets import ImageSet
 from .detectors import density_model
-from .extraction import Extraction, as_extraction
+from .extraction import Extraction
 from .features import PaperForm, VariantFormulation, diffpath_features, paper_form_features, variant_features
 from .models import DiffusionModel, load_model
 
@@ -46,13 +46,15 @@ class _TrajectoryDetector:
     Scoring needs no model: :meth:`features_from_statistics`, :meth:`fit_statistics`, :meth:`score_statistics`
     and :meth:`token` work on path statistics already computed (the evaluation and the validation protocol
     use only these). On top, :meth:`fit`, :meth:`score_samples` and :meth:`features` take images and get
-    their statistics from :meth:`extraction`, built from the parameters on first use.
+    their statistics from :meth:`extraction`, built from the parameters each time it is needed.
 
-    The constructor stores its arguments and does nothing else (scikit-learn's rule): a model name is loaded
-    only when images are first given. ``model`` is a shipped name, a :class:`DiffusionModel`, or a whole
-    :class:`Extraction` (which then carries K, precision, cache folder, …: leave those arguments unset).
-    ``density`` names the density setting ("compact" or DiffPath's "reference" grid, see
-    :mod:`diffpath_core.detectors`); ``detector`` replaces it with any object with ``fit`` /
+    Parameters follow scikit-learn's rules: the constructor stores its arguments and does nothing else (a model
+    name is loaded only when images are first given, and kept for the next call), :meth:`set_params` or a plain
+    attribute change takes effect at the next fit or score, and a fitted detector whose parameters changed
+    since it was fitted refuses to score until it is fitted again. ``model`` is a shipped name, a
+    :class:`DiffusionModel`, or a whole :class:`Extraction` (which then carries K, precision, cache folder, …:
+    leave those arguments unset). ``density`` names the density setting ("compact" or DiffPath's "reference"
+    grid, see :mod:`diffpath_core.detectors`); ``detector`` replaces it with any object with ``fit`` /
     ``score_samples`` / ``token`` / ``describe``.
     """
 
@@ -66,6 +68,8 @@ class _TrajectoryDetector:
         self.network, self.noise_seed = network, noise_seed
 
     detector_kind = "gmm"
+    # parameters that change where or how fast the work runs, never a score
+    _RUN_ONLY = frozenset({"batch_size", "cache_dir", "device", "progress"})
 
     @property
     def readings(self) -> tuple[str, ...]:
@@ -83,21 +87,41 @@ class _TrajectoryDetector:
                             if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)})
         return out
 
-    def get_params(self) -> dict:
-        """The constructor's arguments as given (scikit-learn's convention)."""
+    def get_params(self, deep: bool = False) -> dict:
+        """The constructor's arguments as they are now (scikit-learn's convention)."""
         return {name: getattr(self, name) for name in self._param_defaults()}
+
+    def set_params(self, **params):
+        """Change parameters (scikit-learn's convention); they are read at the next fit or score. Returns self."""
+        known = self._param_defaults()
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            raise ValueError(f"{type(self).__name__} has no parameter(s) {', '.join(unknown)}; "
+                             f"its parameters: {', '.join(known)}")
+        for name, value in params.items():
+            setattr(self, name, value)
+        self._check_params()
+        return self
+
+    def _check_params(self) -> None:
+        """Refuse parameter values no fit could use (subclasses add their own checks)."""
 
     def _extraction_settings(self) -> dict:
         """The parameters that are :class:`Extraction` fields (k, clip, precision, …), read off its dataclass."""
         names = {f.name for f in dataclasses.fields(Extraction)} - {"model"}
         return {name: value for name, value in self.get_params().items() if name in names}
 
-    def token(self) -> str:
-        """Everything that decides this detector's scores, given the statistics (the score cache's key part):
-        the parameters that are not about extraction, and the density's own token."""
+    def _scoring_params(self) -> dict:
+        """What decides the scores given the statistics: the non-extraction parameters and the density's token."""
         not_scoring = {*self._extraction_settings(), "model", "device", "detector", "density"}
         scoring = {k: v for k, v in self.get_params().items() if k not in not_scoring}
-        return f"{type(self).__name__}|{scoring!r}|{self.new_density().token()}"
+        return {**scoring, "density": self.new_density().token()}
+
+    def token(self) -> str:
+        """Everything that decides this detector's scores, given the statistics (the score cache's key part)."""
+        scoring = self._scoring_params()
+        density = scoring.pop("density")
+        return f"{type(self).__name__}|{scoring!r}|{density}"
 
     # -- scoring: statistics in, no model needed
     def features_from_statistics(self, stats: dict[str, np.ndarray]) -> np.ndarray:
@@ -108,29 +132,59 @@ class _TrajectoryDetector:
 
     def fit_statistics(self, stats: dict[str, np.ndarray]):
         """Fit the density on ID training statistics."""
-        self.detector_ = self.new_density()
-        self.detector_.fit(self.features_from_statistics(stats))
+        self._check_params()
+        detector = self.new_density()
+        detector.fit(self.features_from_statistics(stats))
+        self.detector_ = detector
+        self.fitted_scoring_ = self._scoring_params()
+        self.fitted_extraction_ = None  # statistics given: what extracted them is not known here
         return self
 
     def score_statistics(self, stats: dict[str, np.ndarray]) -> np.ndarray:
         """Log-likelihood of each image's features under the ID density (higher = more ID)."""
-        if not hasattr(self, "detector_"):
-            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(id_train_images) first")
+        self._check_fitted(self._scoring_params(), getattr(self, "fitted_scoring_", None))
         return self.detector_.score_samples(self.features_from_statistics(stats))
 
+    def _check_fitted(self, now: dict, then: dict | None) -> None:
+        if not hasattr(self, "detector_"):
+            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(id_train_images) first")
+        changed = [name for name in now if then is not None and now[name] != then.get(name)]
+        if changed:
+            what = ", ".join(f"{n} {then.get(n)!r} → {now[n]!r}" for n in changed)
+            raise RuntimeError(f"{type(self).__name__} was fitted with other settings than it has now ({what}): "
+                               "its density describes the old features; call fit(id_train_images) again")
+
     # -- images: the thin convenience on top
+    def _base_model(self) -> DiffusionModel:
+        """``model`` as a loaded model; a name is loaded once per (name, device) and kept for later calls."""
+        if isinstance(self.model, DiffusionModel):
+            return self.model
+        key = (self.model, str(self.device))
+        loaded = getattr(self, "_loaded_model", None)
+        if loaded is None or loaded[0] != key:
+            self._loaded_model = (key, load_model(self.model, device=self.device))
+        return self._loaded_model[1]
+
     def extraction(self) -> Extraction:
-        """The :class:`Extraction` these parameters describe, built (and the model loaded) on first use."""
-        if getattr(self, "extraction_", None) is None:
-            settings = self._extraction_settings()
-            if isinstance(self.model, Extraction):
-                defaults = self._param_defaults()
-                given = {n: v for n, v in {**settings, "device": self.device}.items() if v != defaults[n]}
-                self.extraction_ = as_extraction(self.model, given, type(self).__name__)
-            else:
-                model = load_model(self.model, device=self.device) if isinstance(self.model, str) else self.model
-                self.extraction_ = Extraction(model, **settings)
-        return self.extraction_
+        """The :class:`Extraction` the current parameters describe (the model is loaded on first use only)."""
+        settings = self._extraction_settings()
+        if isinstance(self.model, Extraction):
+            defaults = self._param_defaults()
+            given = {n: v for n, v in {**settings, "device": self.device}.items() if v != defaults[n]}
+            if given:
+                raise TypeError(f"{type(self).__name__} got an Extraction and also {', '.join(sorted(given))}: "
+                                "set them on the Extraction (dataclasses.replace) instead")
+            return self.model
+        return Extraction(self._base_model(), **settings)
+
+    def _extraction_identity(self, extraction: Extraction) -> dict:
+        """What in an extraction decides the values of this detector's statistics: the model's weights and the
+        settings of each reading it needs (not the device type or the chunking, which change rounding only)."""
+        identity = {"model weights": extraction.model.weights_hash()}
+        for reading in self.readings:
+            settings = extraction.settings(reading)
+            identity.update({k: v for k, v in settings.items() if k not in ("device", "chunk_size", "reading")})
+        return identity
 
     def path_statistics(self, images: Images, desc: str | None = None) -> dict[str, np.ndarray]:
         """Every statistic this detector's features need: one cached extraction per reading, merged."""
@@ -141,11 +195,18 @@ class _TrajectoryDetector:
 
     def fit(self, images: Images):
         """Fit the density on ID training images (features computed or read from the cache)."""
-        return self.fit_statistics(self.path_statistics(images))
+        extraction = self.extraction()
+        self.fit_statistics(extraction.statistics(images, self.readings))
+        self.fitted_extraction_ = self._extraction_identity(extraction)
+        return self
 
     def score_samples(self, images: Images) -> np.ndarray:
         """Log-likelihood of each image's features under the ID density (higher = more ID)."""
-        return self.score_statistics(self.path_statistics(images))
+        self._check_fitted(self._scoring_params(), getattr(self, "fitted_scoring_", None))
+        extraction = self.extraction()
+        if getattr(self, "fitted_extraction_", None) is not None:
+            self._check_fitted(self._extraction_identity(extraction), self.fitted_extraction_)
+        return self.score_statistics(extraction.statistics(images, self.readings))
 
 
 class DiffPath(_TrajectoryDetector):
@@ -156,9 +217,12 @@ class DiffPath(_TrajectoryDetector):
 
     def __init__(self, model="fashion_mnist", variant: str = "6d", **kwargs):
         super().__init__(model, **kwargs)
-        if variant not in ("1d", "6d"):
-            raise ValueError(f"DiffPath variant must be '1d' or '6d', got {variant!r}")
         self.variant = variant
+        self._check_params()
+
+    def _check_params(self) -> None:
+        if self.variant not in ("1d", "6d"):
+            raise ValueError(f"DiffPath variant must be '1d' or '6d', got {self.variant!r}")
 
     @property
     def detector_kind(self) -> str:
@@ -182,10 +246,13 @@ class DiffPathV2(_TrajectoryDetector):
 
     def __init__(self, model="fashion_mnist", form: PaperForm = DEFAULT_V2, **kwargs):
         super().__init__(model, **kwargs)
-        if not isinstance(form, PaperForm):
-            raise TypeError(f"DiffPathV2 takes a PaperForm; {type(form).__name__} formulations belong to "
-                            "DiffPathV2Variant")
         self.form = form
+        self._check_params()
+
+    def _check_params(self) -> None:
+        if not isinstance(self.form, PaperForm):
+            raise TypeError(f"DiffPathV2 takes a PaperForm; {type(self.form).__name__} formulations belong to "
+                            "DiffPathV2Variant")
 
     @property
     def readings(self) -> tuple[str, ...]:
@@ -209,6 +276,11 @@ class DiffPathV2Variant(_TrajectoryDetector):
     def __init__(self, model="fashion_mnist", formulation: VariantFormulation = DEFAULT_PS, **kwargs):
         super().__init__(model, **kwargs)
         self.formulation = formulation
+        self._check_params()
+
+    def _check_params(self) -> None:
+        if not isinstance(self.formulation, VariantFormulation):
+            raise TypeError(f"DiffPathV2Variant takes a VariantFormulation, got {type(self.formulation).__name__}")
 
     @property
     def detector_kind(self) -> str:

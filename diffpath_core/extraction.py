@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .cache import CHUNK_SIZE, CacheEntry, chunk_bounds, entry_key, trajectory_settings
-from .datasets import ImageSet, check_images
+from .datasets import ImageSet, check_images, image_hashes
 from .errors import InputError
 from .models import DiffusionModel
 from .progress import progress_bar
@@ -135,8 +135,11 @@ class Extraction:
         return name, identity or tensor_identity(x), x
 
     def _compute(self, x: torch.Tensor, lo: int, hi: int, reading: str) -> Statistics:
-        return concatenate([self.batch_statistics(x[start:min(start + self.batch_size, hi)], reading)
-                            for start in range(lo, hi, self.batch_size)])
+        """Statistics of images [lo, hi), batch by batch, with each image's content hash (overlap checks read it
+        from the cache, so a cached run needs no decoding to find duplicates)."""
+        stats = concatenate([self.batch_statistics(x[start:min(start + self.batch_size, hi)], reading)
+                             for start in range(lo, hi, self.batch_size)])
+        return {**stats, "image_hash": image_hashes(x[lo:hi])}
 
     def _reading(self, name: str, identity: str, x: torch.Tensor, reading: str, desc, rank: int,
                  world: int) -> Statistics | None:
@@ -173,26 +176,9 @@ class Extraction:
                 "torch": torch.__version__}
 
 
-def as_extraction(value, settings: dict, caller: str) -> Extraction:
-    """``value`` if it is an :class:`Extraction`; a model with the 0.2 keyword settings (k, cache_dir, …) is
-    turned into one, with a ``DeprecationWarning``."""
-    import warnings
-
-    if isinstance(value, Extraction):
-        if settings:
-            raise TypeError(f"{caller} got an Extraction and also {', '.join(sorted(settings))}: set them on the "
-                            "Extraction (dataclasses.replace) instead")
-        return value
-    warnings.warn(f"{caller}(model, k=…, …) is deprecated: pass Extraction(model, k=…, …)", DeprecationWarning,
-                  stacklevel=3)
-    return Extraction(value, **settings)
-
-
-def extract_path_statistics(model: DiffusionModel, images, *, reading: str = "path", desc: str | None = None,
-                            rank: int = 0, world: int = 1, **settings) -> Statistics | None:
-    """Deprecated (0.3): ``Extraction(model, **settings).statistics(images, reading, desc=…, rank=…, world=…)``."""
-    import warnings
-
-    warnings.warn("extract_path_statistics is deprecated: use Extraction(model, ...).statistics(images)",
-                  DeprecationWarning, stacklevel=2)
-    return Extraction(model, **settings).statistics(images, reading, desc=desc, rank=rank, world=world)
+def require_extraction(value, caller: str) -> Extraction:
+    """``value`` if it is an :class:`Extraction`; anything else (a bare model, say) is refused by name."""
+    if not isinstance(value, Extraction):
+        raise TypeError(f"{caller} takes an Extraction (Extraction(model, k=…, cache_dir=…)), "
+                        f"got {type(value).__name__}")
+    return value

@@ -156,9 +156,6 @@ class VariantFormulation:
         return asdict(self)
 
 
-V2Formulation = VariantFormulation  # deprecated name (before the paper form existed); use VariantFormulation
-
-
 def amplified_error(stats: dict[str, np.ndarray], f: VariantFormulation) -> np.ndarray:
     """Σ_pixels A_k per image and step (N, K) for formulation ``f``."""
     base = "err" if f.error == "score" else "eps"
@@ -193,22 +190,3 @@ def variant_features(stats: dict[str, np.ndarray], f: VariantFormulation = Varia
 def reconstruction_score(stats: dict[str, np.ndarray]) -> np.ndarray:
     """Baseline score with no density model: −mean_k ‖x0 − x̂0_k‖² (higher = better reconstructed = more ID)."""
     return -np.asarray(stats["rec_s2"]).mean(1)
-
-
-_MOVED_TO_STATISTICS = ("STATS_VERSION", "ssim_map", "dissimilarity", "score_error", "dissimilarity_maps",
-                        "noise_dissimilarity_maps", "paper_form_statistics", "path_statistics",
-                        "fresh_noise_statistics", "border_mean", "to_numpy")
-
-
-def __getattr__(name: str):
-    """Deprecated (0.3): the torch path statistics moved to :mod:`diffpath_core.statistics`; the old names
-    still resolve here, with a warning."""
-    if name in _MOVED_TO_STATISTICS:
-        import warnings
-
-        from . import statistics
-
-        warnings.warn(f"diffpath_core.features.{name} moved to diffpath_core.statistics.{name}",
-                      DeprecationWarning, stacklevel=2)
-        return getattr(statistics, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

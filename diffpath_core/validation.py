@@ -15,7 +15,7 @@ import torch
 
 from .api import DiffPathV2, DiffPathV2Variant
 from .datasets import ImageSet
-from .extraction import Extraction, as_extraction
+from .extraction import Extraction, require_extraction
 from .features import PF_PAIRS, PF_READINGS, PaperForm, VariantFormulation
 from .metrics import auroc
 
@@ -62,14 +62,14 @@ def candidate_formulations(lams=(0.5, 1.0, 2.0, 4.0)) -> list[VariantFormulation
 
 
 def select_formulation(extraction: Extraction, train: ImageSet, *, val_fraction: float = 0.3, seed: int = 0,
-                       candidates=None, density: str = "compact", **extraction_settings) -> list[dict]:
+                       candidates=None, density: str = "compact") -> list[dict]:
     """Rank candidates by mean AUROC (ID validation vs synthetic outliers), best first.
 
     ``candidates`` mixes :class:`PaperForm` (family "paper form") and :class:`VariantFormulation`
     (family "variant"); default: both families in full. Statistics come from ``extraction``; the candidates
     only score them.
     """
-    extraction = as_extraction(extraction, extraction_settings, "select_formulation")
+    require_extraction(extraction, "select_formulation")
     candidates = list(candidates or paper_form_candidates() + candidate_formulations())
     readings = sorted({r for c in candidates for r in c.readings}, key=PF_READINGS.index)
     n = len(train)

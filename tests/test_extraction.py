@@ -1,4 +1,5 @@
-"""One extraction value for every caller; detectors score statistics without a model; old names still work."""
+"""One extraction value for every caller; detectors score statistics without a model and read their parameters
+when used; removed names stay removed."""
 import dataclasses
 
 import numpy as np
@@ -60,34 +61,61 @@ def test_a_detector_takes_a_whole_extraction(tiny_model, tiny_images):
         DiffPathV2(ex, k=5).features(tiny_images)
 
 
-def test_deprecated_names_warn_and_give_the_same(tiny_model, tiny_images):
-    with pytest.warns(DeprecationWarning):
-        import importlib
+def test_removed_names_are_gone_and_a_bare_model_is_refused_by_name(tiny_model):
+    """0.3's aliases were dropped in 0.4 (never released): importing them fails, a model where an Extraction
+    belongs is refused with a message naming the fix."""
+    import importlib
 
-        import diffpath_core.data as data
-        importlib.reload(data)
-    from diffpath_core.datasets import load_dataset
-
-    assert data.load_dataset is load_dataset
-    from diffpath_core import features, statistics
-    from diffpath_core.extraction import extract_path_statistics
-
-    with pytest.warns(DeprecationWarning):
-        assert features.ssim_map is statistics.ssim_map
-    with pytest.warns(DeprecationWarning):
-        old = extract_path_statistics(tiny_model, tiny_images, k=2, progress=False)
-    new = Extraction(tiny_model, k=2, progress=False).statistics(tiny_images)
-    for key in new:
-        np.testing.assert_array_equal(old[key], new[key], err_msg=key)
-
-
-def test_evaluation_takes_an_extraction_or_warns_for_a_model(tiny_model):
+    from diffpath_core import features
     from diffpath_core.evaluate import Evaluation
+    from diffpath_core.validation import select_formulation
 
+    for gone in ("diffpath_core.data", "diffpath_core.paper_datasets", "diffpath_core.download"):
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(gone)
+    assert not hasattr(features, "ssim_map") and not hasattr(features, "V2Formulation")
     ex = Extraction(tiny_model, k=2, progress=False)
     assert Evaluation(ex).extraction is ex
-    with pytest.warns(DeprecationWarning):
-        old = Evaluation(tiny_model, k=2, progress=False)
-    assert old.extraction.key() == ex.key()
-    with pytest.raises(TypeError, match="also k"):
-        Evaluation(ex, k=3)
+    for call in (lambda: Evaluation(tiny_model), lambda: select_formulation(tiny_model, None)):
+        with pytest.raises(TypeError, match=r"takes an Extraction \(Extraction\(model"):
+            call()
+
+
+# ----------------------------------------------------------------------------- parameters read when used
+
+def test_set_params_and_attributes_take_effect(tiny_model, tiny_images):
+    """scikit-learn's semantics: a parameter changed after first use is read at the next fit / score."""
+    det = DiffPathV2(tiny_model, k=2, progress=False)
+    k2 = det.features(tiny_images)
+    det.set_params(k=3)
+    k3 = det.features(tiny_images)
+    np.testing.assert_array_equal(k3, DiffPathV2(tiny_model, k=3, progress=False).features(tiny_images))
+    assert not np.allclose(k2, k3), "K = 3 features differ from K = 2 ones"
+    det.k = 2  # a plain attribute change works the same way
+    np.testing.assert_array_equal(det.features(tiny_images), k2)
+    with pytest.raises(ValueError, match="has no parameter"):
+        det.set_params(steps=4)
+    with pytest.raises(ValueError, match="'1d' or '6d'"):
+        DiffPath(tiny_model, k=2).set_params(variant="2d")
+    assert det.set_params(form=PaperForm(weight="none")) is det and det.get_params()["form"].weight == "none"
+
+
+def test_a_fitted_detector_whose_settings_changed_must_be_refitted(tiny_model, tiny_images):
+    det = DiffPathV2(tiny_model, k=2, progress=False).fit(tiny_images)
+    before = det.score_samples(tiny_images)
+    det.set_params(batch_size=5, progress=True)
+    # no refit needed: other batches change float32 rounding only
+    np.testing.assert_allclose(det.score_samples(tiny_images), before, rtol=1e-4)
+    det.set_params(k=3)
+    with pytest.raises(RuntimeError, match=r"fitted with other settings.*k 2 → 3.*fit\(id_train_images\) again"):
+        det.score_samples(tiny_images)
+    det.set_params(k=2, form=PaperForm(weight="none"))
+    with pytest.raises(RuntimeError, match="form"):
+        det.score_samples(tiny_images)
+    stats = Extraction(tiny_model, k=2, progress=False).statistics(tiny_images)
+    with pytest.raises(RuntimeError, match="form"):
+        det.score_statistics(stats)
+    det.fit(tiny_images)  # refitted: scores again, with the new form
+    expected = DiffPathV2(tiny_model, k=2, form=PaperForm(weight="none"), batch_size=5, progress=False)
+    expected.fit(tiny_images)
+    np.testing.assert_array_equal(det.score_samples(tiny_images), expected.score_samples(tiny_images))

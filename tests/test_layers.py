@@ -14,8 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "diffpath_core"
 FLOORS = {  # the lowest floor first; a module may import its own floor (without a circle) or any floor below
     "foundations": ("errors", "store", "progress", "runtime"),
     "data and models": ("datasets", "datasets.images", "datasets.folders", "datasets.registry", "datasets.offline",
-                        "datasets.paper", "datasets.downloads", "schedule", "improved_diffusion", "models",
-                        "data", "paper_datasets", "download"),  # the last three: deprecated aliases of datasets
+                        "datasets.paper", "datasets.downloads", "schedule", "improved_diffusion", "models"),
     "network on images": ("trajectory", "sampling", "train"),
     "path statistics": ("statistics",),
     "extraction": ("cache", "extraction", "distributed"),

@@ -10,7 +10,7 @@
 Importing the package registers both providers' datasets; nothing else registers behind the scenes.
 """
 from .folders import folder_summary, is_folder_source, list_image_files, load_image_folder
-from .images import (ImageSet, check_images, convert_channels, decode_image, resize,
+from .images import (ImageSet, check_images, convert_channels, decode_image, image_hashes, item_names, resize,
                      uint8_to_model_range)
 from .offline import OFFLINE_DATASETS
 from .paper import PAPER_DATASETS, check_available
@@ -21,6 +21,7 @@ for _spec in OFFLINE_DATASETS + PAPER_DATASETS:
 del _spec
 
 __all__ = ["DATASETS", "DatasetSpec", "ImageSet", "check_available", "check_images", "convert_channels",
-           "dataset_title", "decode_image", "folder_summary", "is_folder_source", "list_image_files",
+           "dataset_title", "decode_image", "folder_summary", "image_hashes", "is_folder_source", "item_names",
+           "list_image_files",
            "load_dataset", "load_image_folder", "load_images", "register", "resize", "source_problem",
            "uint8_to_model_range"]

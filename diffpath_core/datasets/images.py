@@ -32,6 +32,26 @@ class ImageSet:
         return len(self.images)
 
 
+def item_names(images: ImageSet, source: str | None = None) -> list[str]:
+    """A name for each image, for messages: a folder's files under ``source`` (the folder as the user gave it),
+    a registered dataset's images by split and index."""
+    files = images.meta.get("files")
+    if files is not None:
+        return [f"{source or images.name}/{f}" for f in files]
+    indices = images.meta.get("indices", range(len(images)))
+    return [f"{images.name} {images.split} #{i}" for i in indices]
+
+
+def image_hashes(images: torch.Tensor) -> np.ndarray:
+    """A 64-bit content hash of each image as the model reads it ((N, C, H, W), after decoding and resizing):
+    equal hashes are identical images, whatever their file names."""
+    import hashlib
+
+    arr = images.detach().to("cpu", torch.float32).contiguous().numpy()
+    return np.array([int.from_bytes(hashlib.blake2b(a.tobytes(), digest_size=8).digest(), "little", signed=True)
+                     for a in arr], dtype=np.int64)
+
+
 def check_images(images: torch.Tensor, source: str) -> torch.Tensor:
     """Refuse arrays a trajectory cannot use: wrong rank, empty, NaN or Inf, far outside [-1, 1]."""
     if images.ndim != 4:

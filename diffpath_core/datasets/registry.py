@@ -51,19 +51,20 @@ def load_dataset(name: str, split: str = "test", *, size: int = 32, channels: in
         raise InputError(f"split must be 'train' or 'test', got {split!r}")
     spec = DATASETS[name]
     raw, labels = spec.loader(split, data_dir=data_dir, download=download)
+    indices = np.arange(len(labels))  # each image's index in the split, for messages that name it
     if spec.classes is not None:
         keep = np.isin(labels, spec.classes)
-        raw, labels = raw[keep], labels[keep]
+        raw, labels, indices = raw[keep], labels[keep], indices[keep]
     if limit is not None and limit < len(raw):
         idx = np.sort(np.random.default_rng(seed).choice(len(raw), size=limit, replace=False))
-        labels = labels[idx]
+        labels, indices = labels[idx], indices[idx]
         raw = raw.decode(idx, size) if hasattr(raw, "decode") else raw[idx]
     elif hasattr(raw, "decode"):  # image files decoded on demand (paper datasets)
         raw = raw.decode(range(len(raw)), size)
     images = resize(convert_channels(uint8_to_model_range(raw), channels, name), size)
     key = identity(name, split, digest(raw), size, channels, "bilinear-aa")
     return ImageSet(name, split, images, labels, key,
-                    meta={"title": spec.title, "description": spec.description})
+                    meta={"title": spec.title, "description": spec.description, "indices": indices})
 
 
 def dataset_title(name: str) -> str:
