@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n-train", type=int, default=2000, help="ID training images per set (default: %(default)s)")
     e.add_argument("--n-test", type=int, default=1000, help="test images per set (default: %(default)s)")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--allow-overlap", action="store_true",
+                   help="go on when ID-train, ID-test and an OOD set share identical images (compared by content); "
+                        "without it that is an error naming them. Allowed overlaps are counted in the output")
     e.add_argument("--out", default=None, help="write the full table (all metrics) as CSV")
     _common(e)
 
@@ -197,9 +200,11 @@ def cmd_evaluate(args) -> int:
           f"up to {args.n_train} ID-train / {args.n_test} test images per set", file=sys.stderr)
     ev = Evaluation(_extraction(args, model), n_train=args.n_train, n_test=args.n_test, seed=args.seed,
                     resize=args.resize, convert=args.convert_channels, density=args.density,
-                    id_test={args.id_set: args.id_test} if args.id_test else None)
+                    id_test={args.id_set: args.id_test} if args.id_test else None, allow_overlap=args.allow_overlap)
     t0 = time.perf_counter()
     result = ev.run(pairs, args.methods)
+    for note in result.notes:
+        print(f"note: {note}")
     print("\nAUROC (higher is better)\n" + result.table("auroc"))
     print("\nFPR at 95% TPR (lower is better)\n" + result.table("fpr95"))
     print(f"\n{time.perf_counter() - t0:.1f} s in all; density setting {args.density!r}, hyper-parameters chosen "

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from .api import BorderMean, DiffPath, DiffPathV2, DiffPathV2Variant
-from .datasets import dataset_title, folder_summary, is_folder_source, load_images
+from .datasets import DATASETS, dataset_title, folder_summary, is_folder_source, item_names, load_images
 from .errors import InputError
-from .extraction import Extraction, as_extraction
+from .extraction import Extraction, require_extraction
 from .features import reconstruction_score
 from .metrics import all_metrics
 from .store import atomic_savez, atomic_write_bytes, digest, stats_digest
@@ -46,9 +46,68 @@ def make_method(name: str, **kwargs):
     raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS + VARIANTS + BASELINES)}")
 
 
-def source_label(source: str) -> str:
-    """How a source appears in tables and CSVs: a registered name as it is, a folder by its own name."""
-    return dataset_title(source) if is_folder_source(source) else source
+def source_labels(sources) -> dict[str, str]:
+    """How each source appears in tables and CSVs, unique within a run: a registered name as it is; a folder by
+    the shortest suffix of its path that tells it from every other source (``cam1/images``, ``cam2/images``)."""
+    sources = list(dict.fromkeys(sources))
+    folders = {s: Path(os.path.abspath(s)).parts for s in sources if is_folder_source(s)}
+    labels = {s: s for s in sources if s not in folders}
+    for source, parts in folders.items():
+        others = [p for o, p in folders.items() if p != parts]
+        for n in range(1, len(parts) + 1):
+            label = "/".join(parts[-n:]).lstrip("/")
+            if label not in labels.values() and all(p[-n:] != parts[-n:] for p in others):
+                break
+        labels[source] = label
+    return labels
+
+
+def label_title(label: str) -> str:
+    """A table's name for a row label: a registered dataset's title, a folder's label as it is."""
+    return DATASETS[label].title if label in DATASETS else label
+
+
+def find_overlaps(content: dict) -> list[str]:
+    """For sets given as {name: (image hashes, image names or None, where)}, one line per pair of sets that share
+    identical images: how many, and up to five of them by name."""
+    found = []
+    names = list(content)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            (ha, na, wa), (hb, nb, wb) = content[a], content[b]
+            if wa == wb:  # the same images by construction (an OOD set that is also the ID set): not an overlap
+                continue
+            common, ia, ib = np.intersect1d(ha, hb, return_indices=True)
+            if len(common) == 0:
+                continue
+            first = np.argsort(ia, kind="stable")[:5]  # the first few in the order of set a
+            shown = [_same(na[x] if na else f"#{x}", nb[y] if nb else f"#{y}") for x, y in zip(ia[first], ib[first])]
+            nested = _nesting(wa[0], wb[0])
+            found.append(f"{a} and {b} share {len(common)} identical image(s){nested}: " + "; ".join(shown)
+                         + ("; …" if len(common) > 5 else ""))
+    return found
+
+
+def _same(a: str, b: str) -> str:
+    return f"{a} (in both)" if os.path.normpath(a) == os.path.normpath(b) else f"{a} = {b}"
+
+
+def _nesting(a: str, b: str) -> str:
+    """ " (… lies inside …)" when one folder contains the other (folder listings are recursive)."""
+    if not (is_folder_source(a) and is_folder_source(b)):
+        return ""
+    ra, rb = Path(a).resolve(), Path(b).resolve()
+    for inner, outer in ((ra, rb), (rb, ra)):
+        if inner != outer and outer in inner.parents:
+            return f" ({inner.name} lies inside {outer.name}: a folder's listing includes its sub-folders)"
+    return ""
+
+
+def _readings(method, density: str) -> tuple[str, ...]:
+    """The readings a method's detector needs (the path for the reconstruction baseline)."""
+    label, factory = (method, None) if isinstance(method, str) else method
+    det = make_method(label, density=density) if factory is None else factory()
+    return det.readings if det is not None else ("path",)
 
 
 def ordered_pairs(datasets) -> list[tuple[str, str]]:
@@ -79,19 +138,31 @@ class EvaluationResult:
     rows: list[dict] = field(default_factory=list)
     scores: dict = field(default_factory=dict)  # (method, id, ood) -> (scores_id, scores_ood)
     seconds: float = 0.0
+    notes: list = field(default_factory=list)   # lines a reader should see beside the table (allowed overlaps)
+    labels: dict = field(default_factory=dict)  # source → its label in the rows
 
     def write_csv(self, path: str | os.PathLike) -> None:
         write_rows_csv(self.rows, path)
+
+    def write_scores(self, path: str | os.PathLike) -> None:
+        """Every score behind the table, as ``.npz`` (keys ``method|id|ood|id`` and ``method|id|ood|ood``, with the
+        rows' labels), so a reader can recompute any metric; written atomically."""
+        arrays = {}
+        for (method, id_name, ood), (s_id, s_ood) in self.scores.items():
+            key = f"{method}|{self.labels.get(id_name, id_name)}|{self.labels.get(ood, ood)}"
+            arrays[f"{key}|id"], arrays[f"{key}|ood"] = np.asarray(s_id), np.asarray(s_ood)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_savez(path, arrays)
 
     def table(self, metric: str = "auroc") -> str:
         """A plain-text pairs × methods table of one metric, with the average row."""
         methods = list(dict.fromkeys(r["method"] for r in self.rows))
         pairs = list(dict.fromkeys((r["id"], r["ood"]) for r in self.rows))
         value = {(r["id"], r["ood"], r["method"]): r[metric] for r in self.rows}
-        width = max(len(f"{dataset_title(a)} → {dataset_title(b)}") for a, b in pairs) + 2
+        width = max(len(f"{label_title(a)} → {label_title(b)}") for a, b in pairs) + 2
         lines = [f"{'ID → OOD':<{width}}" + "".join(f"{m:>16}" for m in methods)]
         for a, b in pairs:
-            lines.append(f"{dataset_title(a) + ' → ' + dataset_title(b):<{width}}" +
+            lines.append(f"{label_title(a) + ' → ' + label_title(b):<{width}}" +
                          "".join(f"{value[(a, b, m)]:>16.3f}" for m in methods))
         lines.append(f"{'average':<{width}}" + "".join(
             f"{np.mean([value[(a, b, m)] for a, b in pairs]):>16.3f}" for m in methods))
@@ -107,13 +178,15 @@ class Evaluation:
 
     def __init__(self, extraction: Extraction, *, n_train: int | None = 2000, n_test: int | None = 2000,
                  seed: int = 0, resize: bool = False, convert: bool = False, density: str = "compact",
-                 id_test: dict | None = None, **extraction_settings):
-        extraction = as_extraction(extraction, extraction_settings, "Evaluation")
+                 id_test: dict | None = None, allow_overlap: bool = False):
+        require_extraction(extraction, "Evaluation")
         self.extraction, self.n_train, self.n_test, self.seed = extraction, n_train, n_test, seed
         self.density, self.resize, self.convert = density, resize, convert
         self.id_test = dict(id_test or {})  # ID source → a folder of its ID-test images
         self.id_sources: set[str] = set()   # set by run(): folders among them are split into train / test
+        self.allow_overlap = allow_overlap  # identical images in two sets: counted in the notes instead of refused
         self._stats: dict = {}
+        self._names: dict = {}              # (where, split) → a name for each image, for messages
 
     @property
     def model(self):
@@ -148,12 +221,34 @@ class Evaluation:
             if key not in self._stats:
                 if images is None:
                     images = self.images(source, split)
+                    self._names[where, split] = item_names(images, where[0])
                     if self.extraction.progress and folder_summary(images):
                         print(folder_summary(images), file=sys.stderr)
                 self._stats[key] = self.extraction.statistics(
                     images, reading, desc=f"{dataset_title(source)} {split}: K={self.extraction.k} trajectories")
             merged.update(self._stats[key])
         return merged
+
+    def overlaps(self, id_name: str, oods: list[str], readings=("path",), labels: dict | None = None) -> list[str]:
+        """Identical images (by content, decoded at the model's size) shared by ID-train, ID-test and each OOD set
+        of one ID set: an :class:`InputError` naming them, or with ``allow_overlap`` one counted line per pair
+        of sets that share any (returned)."""
+        sets = {"ID-train": (id_name, "train"), "ID-test": (id_name, "test"), **{o: (o, "test") for o in oods}}
+        labels = labels or source_labels([*oods, *(self.resolve(s, split)[0] for s, split in sets.values())])
+        content = {}
+        for role, (source, split) in sets.items():
+            where = self.resolve(source, split)
+            name = f"{labels[where[0]]} ({role if role in ('ID-train', 'ID-test') else 'OOD'})"
+            hashes = self.stats(source, split, readings)["image_hash"]
+            content[name] = (hashes, self._names.get((where, split)), where)
+        found = find_overlaps(content)
+        if found and not self.allow_overlap:
+            raise InputError("identical images in two sets of one evaluation (compared by content, decoded at "
+                             f"{self.model.image_size}×{self.model.image_size}):\n  " + "\n  ".join(found) +
+                             "\nAn ID-train image in ID-test is scored by the density fitted on it; an image in both ID "
+                             "and OOD counts for both. Remove the duplicates or point the sets elsewhere, or pass "
+                             "--allow-overlap (allow_overlap=True) to count them and go on.")
+        return [line.split(":")[0] + " (allowed by --allow-overlap)" for line in found]
 
     def fit_and_score(self, det, id_name: str, targets: list[str]) -> tuple[dict[str, np.ndarray], str]:
         """Fit ``det`` on ID-train statistics, score the ID test set and each target's test set.
@@ -188,8 +283,11 @@ class Evaluation:
         t0 = time.perf_counter()
         result = EvaluationResult()
         self.id_sources |= {a for a, _ in pairs}
+        labels = source_labels([s for pair in pairs for s in pair] + list(self.id_test.values()))
+        result.labels = labels
         for id_name in dict.fromkeys(a for a, _ in pairs):
             oods = [b for a, b in pairs if a == id_name]
+            result.notes += self.overlaps(id_name, oods, _readings(methods[0], self.density), labels)
             for method in methods:
                 label, factory = (method, None) if isinstance(method, str) else method
                 det = make_method(label, density=self.density) if factory is None else factory()
@@ -202,7 +300,7 @@ class Evaluation:
                 for ood in oods:
                     s_id, s_ood = scores[id_name], scores[ood]
                     result.scores[(label, id_name, ood)] = (s_id, s_ood)
-                    result.rows.append({"id": source_label(id_name), "ood": source_label(ood), "method": label,
+                    result.rows.append({"id": labels[id_name], "ood": labels[ood], "method": label,
                                         **{m: round(v, 4) for m, v in all_metrics(s_id, s_ood).items()},
                                         "n_id_train": n_train, "n_id_test": len(s_id), "n_ood_test": len(s_ood),
                                         "k": self.extraction.k, "detector": describe,

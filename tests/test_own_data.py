@@ -1,6 +1,7 @@
 """A user's own folders and models: correct numbers or a clear error, never a silent wrong result."""
 import csv
 import os
+import shutil
 import subprocess
 import sys
 
@@ -70,6 +71,80 @@ def test_same_distribution_folders_give_auroc_near_one_half(tiny_model_dir, tmp_
     assert all(r["n_id_train"] == "40" and r["n_id_test"] == "40" and r["n_ood_test"] == "80" for r in rows)
     for r in rows:  # 40 vs 80 images: the AUROC's standard error is about 0.06
         assert abs(float(r["auroc"]) - 0.5) < 0.2, (r["method"], r["auroc"])
+
+
+# ----------------------------------------------------------------------------- overlaps and labels
+
+def _user_layout(root):
+    """data/train, data/test, data/anomalies under one root, as users lay their images out."""
+    train = _folder(root / "data" / "train", 24, seed=0)
+    test = _folder(root / "data" / "test", 12, seed=1)
+    anomalies = _folder(root / "data" / "anomalies", 12, seed=2, smooth=False)
+    return train, test, anomalies
+
+
+def _evaluate(tiny_model_dir, tmp_path, *args):
+    return main(["evaluate", "--model", str(tiny_model_dir), "-k", "2", "--cache-dir", str(tmp_path / "cache"),
+                 "--quiet", "--methods", "DiffPath-1D", *args])
+
+
+def test_overlapping_sets_are_refused_by_name(tiny_model_dir, tmp_path, capsys):
+    """ID-train, ID-test and OOD are compared by content: identical images are an error naming files and sets."""
+    train, test, anomalies = _user_layout(tmp_path)
+    data = train.parent
+    # --id data/ takes data/test (and data/anomalies) into ID-train: the ID-test images would be scored by the
+    # density fitted on them
+    assert _evaluate(tiny_model_dir, tmp_path, "--id", str(data), "--id-test", str(test), "--ood", str(anomalies)) == 2
+    err = capsys.readouterr().err
+    assert "data (ID-train) and test (ID-test) share 12 identical image(s)" in err
+    assert "data (ID-train) and anomalies (OOD) share 12 identical image(s)" in err
+    assert "test lies inside data" in err and "--allow-overlap" in err
+    assert f"{data}/test/img_000.png (in both)" in err
+    # one anomaly copied from ID-train under another name: found by content, both files named
+    shutil.copy(train / "img_005.png", anomalies / "copy.png")
+    assert _evaluate(tiny_model_dir, tmp_path, "--id", str(train), "--id-test", str(test), "--ood", str(anomalies)) == 2
+    err = capsys.readouterr().err
+    assert "train (ID-train) and anomalies (OOD) share 1 identical image(s)" in err
+    assert f"{train}/img_005.png = {anomalies}/copy.png" in err
+
+
+def test_allow_overlap_counts_them_and_goes_on(tiny_model_dir, tmp_path, capsys):
+    train, test, anomalies = _user_layout(tmp_path)
+    shutil.copy(train / "img_005.png", anomalies / "copy.png")
+    shutil.copy(train / "img_006.png", anomalies / "copy2.png")
+    out = tmp_path / "table.csv"
+    assert _evaluate(tiny_model_dir, tmp_path, "--id", str(train), "--id-test", str(test), "--ood", str(anomalies),
+                     "--allow-overlap", "--out", str(out)) == 0
+    printed = capsys.readouterr().out
+    assert "note: train (ID-train) and anomalies (OOD) share 2 identical image(s) (allowed by --allow-overlap)" \
+        in printed
+    assert len(list(csv.DictReader(open(out)))) == 1
+    # without overlap nothing is noted
+    (anomalies / "copy.png").unlink()
+    (anomalies / "copy2.png").unlink()
+    assert _evaluate(tiny_model_dir, tmp_path, "--id", str(train), "--id-test", str(test), "--ood", str(anomalies)) == 0
+    assert "note:" not in capsys.readouterr().out
+
+
+def test_folders_with_the_same_name_keep_their_own_rows(tiny_model_dir, tmp_path):
+    """cam1/images and cam2/images are two rows, labelled by the shortest distinguishing suffix of their paths."""
+    normal = _folder(tmp_path / "normal", 40, seed=0)
+    near = _folder(tmp_path / "cam1" / "images", 20, seed=3)                   # the same distribution as normal
+    far = _folder(tmp_path / "cam2" / "images", 20, seed=4, smooth=False)     # another one
+    out = tmp_path / "table.csv"
+    assert _evaluate(tiny_model_dir, tmp_path, "--id", str(normal), "--ood", str(near), str(far),
+                     "--out", str(out)) == 0
+    rows = {r["ood"]: float(r["auroc"]) for r in csv.DictReader(open(out))}
+    assert set(rows) == {"cam1/images", "cam2/images"}
+    assert rows["cam2/images"] > 0.9 > rows["cam1/images"]
+
+
+def test_labels_are_shortest_distinguishing_suffixes():
+    from diffpath_core.evaluate import source_labels
+
+    labels = source_labels(["/x/a/cam1/images", "/y/b/cam2/images", "/z/solo", "digits", "/q/digits", "/r/cam1/images"])
+    assert labels == {"/x/a/cam1/images": "a/cam1/images", "/y/b/cam2/images": "cam2/images", "/z/solo": "solo",
+                      "digits": "digits", "/q/digits": "q/digits", "/r/cam1/images": "r/cam1/images"}
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -229,11 +304,11 @@ def test_cli_mistakes_are_one_line_and_exit_2(argv, message, capsys):
 def test_cli_empty_folder_and_too_few_images(tiny_model_dir, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("nothing")
-    few = _folder(tmp_path / "few", 4, seed=0)
+    few, other = _folder(tmp_path / "few", 4, seed=0), _folder(tmp_path / "other", 4, seed=1)
     common = ["--model", str(tiny_model_dir), "-k", "2", "--cache-dir", str(tmp_path / "c"), "--quiet"]
     assert main(["evaluate", "--id", str(tmp_path / "empty"), "--ood", str(few), *common]) == 2
     assert "folder holds no image files" in capsys.readouterr().err
-    assert main(["evaluate", "--id", str(few), "--ood", str(few), "--methods", "DiffPathV2", *common]) == 2
+    assert main(["evaluate", "--id", str(few), "--ood", str(other), "--methods", "DiffPathV2", *common]) == 2
     assert "ID-train image(s) are too few" in capsys.readouterr().err
 
 
