@@ -127,17 +127,38 @@ def test_svhn_mat(tmp_path):
     np.testing.assert_allclose(s.images[2].permute(1, 2, 0).numpy(), x[..., 2] / 127.5 - 1, atol=1e-6)
 
 
-def test_celeba_crop_and_partition(tmp_path):
+@pytest.mark.parametrize("layout", ["official", "kaggle"])
+def test_celeba_crop_and_partition(tmp_path, layout):
+    """Both layouts people have CelebA in: the official (img_align_celeba/, list_eval_partition.txt) and Kaggle's
+    (img_align_celeba/img_align_celeba/, list_eval_partition.csv with a header)."""
     root = tmp_path / "celeba"
+    images = root / "img_align_celeba" / ("img_align_celeba" if layout == "kaggle" else "")
     names = [f"{i:06d}.jpg" for i in range(1, 6)]
     for i, n in enumerate(names):
-        _jpeg(root / "img_align_celeba" / n, 178, 218, i)
-    (root / "list_eval_partition.txt").write_text("\n".join(f"{n} {p}" for n, p in zip(names, [0, 0, 1, 2, 2])))
+        _jpeg(images / n, 178, 218, i)
+    parts = [0, 0, 1, 2, 2]
+    if layout == "kaggle":
+        (root / "list_eval_partition.csv").write_text(
+            "image_id,partition\n" + "\n".join(f"{n},{p}" for n, p in zip(names, parts)) + "\n")
+    else:
+        (root / "list_eval_partition.txt").write_text("\n".join(f"{n} {p}" for n, p in zip(names, parts)))
+    from diffpath_core.datasets import check_available
+
+    assert check_available(["celeba"], data_dir=tmp_path) == []
     test = load_dataset("celeba", "test", size=32, channels=3, data_dir=tmp_path)
     assert len(test) == 2 and len(load_dataset("celeba", "train", size=32, channels=3, data_dir=tmp_path)) == 2
-    with Image.open(root / "img_align_celeba" / names[3]) as im:  # centre crop 140, resize 32
+    with Image.open(images / names[3]) as im:  # centre crop 140, resize 32
         ref = np.asarray(im.convert("RGB").crop((19, 39, 159, 179)).resize((32, 32), Image.BILINEAR))
     np.testing.assert_allclose(test.images[0].permute(1, 2, 0).numpy(), ref / 127.5 - 1, atol=1e-6)
+
+
+def test_celeba_missing_parts_are_named(tmp_path):
+    from diffpath_core.datasets import check_available
+
+    (tmp_path / "celeba" / "img_align_celeba").mkdir(parents=True)
+    [problem] = check_available(["celeba"], data_dir=tmp_path)
+    assert "list_eval_partition.txt (or .csv)" in problem and "img_align_celeba/ (or" not in problem
+    assert "Kaggle copy" in problem
 
 
 def test_textures_and_tinyimagenet(tmp_path):
@@ -177,31 +198,86 @@ def test_registry_lists_every_profile_dataset():
         assert name in DATASETS
 
 
-def test_fetch_verifies_and_leaves_nothing_on_failure(tmp_path):
-    """Downloads go through .part and a checksum; a file:// URL stands in for the network."""
+class _RangeServer:
+    """A loopback HTTP server for one payload that honours Range requests and can drop the first connection
+    after ``cut`` bytes (a network that fails mid-download)."""
+
+    def __init__(self, payload: bytes, cut: int | None = None):
+        import http.server
+        import threading
+
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.requests.append(self.headers.get("Range"))
+                if self.path != "/file.bin":
+                    self.send_error(404)
+                    return
+                start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers.get("Range") else 0
+                if start >= len(payload):
+                    self.send_response(416)
+                    self.end_headers()
+                    return
+                body = payload[start:]
+                self.send_response(206 if start else 200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if server.cut is not None:  # send part of the body, then drop the connection
+                    self.wfile.write(body[:server.cut])
+                    server.cut = None
+                    self.wfile.flush()
+                    self.connection.shutdown(2)
+                    return
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.requests, self.cut = [], cut
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+def test_fetch_resumes_verifies_and_keeps_nothing_wrong(tmp_path):
+    """A dropped connection is resumed from the bytes received (Range), the result verified; a wrong file is
+    removed, a missing one named."""
     import hashlib
 
-    from diffpath_core.datasets.downloads import fetch
+    from diffpath_core.datasets.downloads import fetch, partial_path
     from diffpath_core.errors import DatasetUnavailableError
 
     def md5(path):
         return hashlib.md5(path.read_bytes()).hexdigest()
 
-    source = tmp_path / "remote.bin"
-    source.write_bytes(b"payload")
-    url = source.resolve().as_uri()
-    target = tmp_path / "local" / "file.bin"
-    target.parent.mkdir()
-    assert fetch(url, target, md5, hashlib.md5(b"payload").hexdigest()) == target
-    assert target.read_bytes() == b"payload"
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    server = _RangeServer(payload, cut=300_000)
+    try:
+        target = tmp_path / "local" / "file.bin"
+        assert fetch(f"{server.url}/file.bin", target, md5, hashlib.md5(payload).hexdigest(), progress=False) == target
+        assert target.read_bytes() == payload and not partial_path(target).exists()
+        assert server.requests[0] is None and len(server.requests) == 2
+        resumed_at = int(server.requests[1].split("=")[1].rstrip("-"))
+        assert 200_000 < resumed_at <= 300_000, "the second request continues from the bytes received"
 
-    source.write_bytes(b"changed")  # a verified file present is not fetched again
-    fetch(url, target, md5, hashlib.md5(b"payload").hexdigest())
-    assert target.read_bytes() == b"payload"
+        server.requests.clear()  # a verified file present is not fetched again
+        fetch(f"{server.url}/file.bin", target, md5, hashlib.md5(payload).hexdigest(), progress=False)
+        assert server.requests == []
 
-    other = tmp_path / "local" / "other.bin"
-    with pytest.raises(DatasetUnavailableError, match=r"checksum mismatch \(expected 0+\); get it by hand"):
-        fetch(url, other, md5, "0" * 32, "get it by hand")
-    with pytest.raises(DatasetUnavailableError, match=r"download of .*missing\.bin failed"):
-        fetch((tmp_path / "missing.bin").resolve().as_uri(), other, md5, "0" * 32)
-    assert sorted(p.name for p in other.parent.iterdir()) == ["file.bin"], "no partial file may remain"
+        other = tmp_path / "local" / "other.bin"
+        partial_path(other).write_bytes(payload[:1000])  # a killed process left these bytes
+        fetch(f"{server.url}/file.bin", other, md5, hashlib.md5(payload).hexdigest(), progress=False)
+        assert other.read_bytes() == payload and server.requests[-1] == "bytes=1000-"
+
+        wrong = tmp_path / "local" / "wrong.bin"
+        with pytest.raises(DatasetUnavailableError, match=r"checksum mismatch \(expected 0+\); get it by hand"):
+            fetch(f"{server.url}/file.bin", wrong, md5, "0" * 32, "get it by hand", progress=False)
+        with pytest.raises(DatasetUnavailableError, match=r"download of .*/missing\.bin failed"):
+            fetch(f"{server.url}/missing.bin", wrong, md5, "0" * 32, progress=False)
+        assert sorted(p.name for p in wrong.parent.iterdir()) == ["file.bin", "other.bin"], "nothing wrong is kept"
+    finally:
+        server.close()

@@ -50,7 +50,9 @@ SOURCES = {
                    "test_32x32.mat", "eb5a983be6a315427106f1b164d9cef3", expect_train=("train_32x32.mat",)),
     "celeba": Source("celeba", ("img_align_celeba", "list_eval_partition.txt"), None,
                      how="download img_align_celeba.zip and list_eval_partition.txt from the CelebA page "
-                         "(mmlab.ie.cuhk.edu.hk/projects/CelebA.html, Google Drive), unzip the images"),
+                         "(mmlab.ie.cuhk.edu.hk/projects/CelebA.html, Google Drive) and unzip the images; the "
+                         "Kaggle copy (img_align_celeba/img_align_celeba/ and list_eval_partition.csv) works as "
+                         "it unpacks"),
     "textures": Source("textures", ("dtd/images", "dtd/labels/test1.txt"),
                        "https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz", "dtd-r1.0.1.tar.gz",
                        "fff73e5086ae6bdbea199a49dfb8a4c1", expect_train=("dtd/labels/train1.txt",)),
@@ -62,11 +64,41 @@ SVHN_TRAIN = ("http://ufldl.stanford.edu/housenumbers/train_32x32.mat", "train_3
               "e26dedcc434d2e4c54c9b2d4a06d8373")
 
 
+def celeba_layout(folder: Path) -> tuple[Path | None, Path | None]:
+    """The image folder and partition file of CelebA in either layout people have it in: the official one
+    (``img_align_celeba/*.jpg``, ``list_eval_partition.txt``) or Kaggle's (``img_align_celeba/img_align_celeba/
+    *.jpg``, ``list_eval_partition.csv`` with a header). ``None`` for what is not there."""
+    images = folder / "img_align_celeba"
+    if (images / "img_align_celeba").is_dir():
+        images = images / "img_align_celeba"
+    partition = next((folder / f for f in ("list_eval_partition.txt", "list_eval_partition.csv")
+                      if (folder / f).is_file()), None)
+    return (images if images.is_dir() else None), partition
+
+
+def read_celeba_partition(path: Path) -> list[tuple[str, str]]:
+    """(file name, partition) rows of list_eval_partition.txt (space-separated) or .csv (Kaggle: a header row
+    ``image_id,partition``, then comma-separated rows)."""
+    rows = []
+    for line in path.read_text().splitlines():
+        fields = line.replace(",", " ").split()
+        if len(fields) == 2 and fields[1] in ("0", "1", "2"):
+            rows.append((fields[0], fields[1]))
+    if not rows:
+        raise InputError(f"{path}: no rows of the form '<image> <0|1|2>' (CelebA's evaluation partition)")
+    return rows
+
+
 def missing_message(name: str, data_dir=None, splits=("train", "test")) -> str | None:
     """``None`` if the files of ``splits`` are on disk, else one line saying what to get and where to put it."""
     src = SOURCES[name]
     folder = data_root(data_dir) / src.folder
-    absent = [p for p in src.needs(splits) if not (folder / p).exists()]
+    if name == "celeba":
+        images, partition = celeba_layout(folder)
+        absent = ([] if images else ["img_align_celeba/ (or img_align_celeba/img_align_celeba/)"]) + \
+                 ([] if partition else ["list_eval_partition.txt (or .csv)"])
+    else:
+        absent = [p for p in src.needs(splits) if not (folder / p).exists()]
     if not absent:
         return None
     get = (f"run online with download=True (CLI: `diffpath download {name}`), or fetch {src.url} "
@@ -153,11 +185,10 @@ def _svhn(split, data_dir=None, download=False):
 
 
 def _celeba(split, data_dir=None, download=False):
-    folder = ensure("celeba", data_dir, download, split)
+    images, partition = celeba_layout(ensure("celeba", data_dir, download, split))
     wanted = "0" if split == "train" else "2"  # list_eval_partition: 0 train, 1 valid, 2 test
-    names = [line.split()[0] for line in (folder / "list_eval_partition.txt").read_text().splitlines()
-             if len(line.split()) == 2 and line.split()[1] == wanted]
-    return FileImages([folder / "img_align_celeba" / n for n in names], crop=140), np.zeros(len(names), np.int64)
+    names = [n for n, part in read_celeba_partition(partition) if part == wanted]
+    return FileImages([images / n for n in names], crop=140), np.zeros(len(names), np.int64)
 
 
 def _textures(split, data_dir=None, download=False):
