@@ -46,8 +46,6 @@ def load_profile(name_or_path: str, overrides: dict | None = None) -> dict:
 def preflight(params: dict) -> list[str]:
     """Everything the profile needs that is not here, as one line each (checked before any work)."""
     from .datasets import check_available, source_problem
-    from .models import shipped_models
-    from .notebook import project_path
 
     names = list(params.get("datasets", [])) + [n for pair in params.get("extra_pairs", []) for n in pair]
     problems = [problem for n in dict.fromkeys(names) for problem in [source_problem(n)] if problem]
@@ -59,17 +57,25 @@ def preflight(params: dict) -> list[str]:
             problems.append("device: the paper profile would run on the CPU (no CUDA device usable by the installed "
                             f"torch {torch.__version__}): a day or more. Install a CUDA build of torch, or pass "
                             "--set device=cpu to run on the CPU on purpose")
-    for key in ("model", "second_model"):
-        spec = str(params.get(key) or "")
-        if not spec or spec in shipped_models() or project_path(spec).exists():
-            continue
-        if Path(spec).suffix:
-            problems.append(f"{key}: checkpoint {spec} not found; see README 'Paper profile' for where the "
-                            f"authors publish it, then pass --set {key}=/path/to/file")
-        elif "/" not in spec:
-            problems.append(f"{key}: {spec!r} is not a shipped model (shipped: {', '.join(shipped_models())})")
-        # anything else is a hub id: it can only be checked online, by loading it
-    return problems
+    problem = model_problem(params, "model")  # the second base model is optional: its section says it was skipped
+    return problems + ([problem] if problem else [])
+
+
+def model_problem(params: dict, key: str) -> str | None:
+    """One line if the profile's ``key`` model ("model" or "second_model") is a checkpoint or name not found
+    here; ``None`` if it is there, or a hub id (which only loading, online, can check)."""
+    from .models import shipped_models
+    from .notebook import project_path
+
+    spec = str(params.get(key) or "")
+    if not spec or spec in shipped_models() or project_path(spec).exists():
+        return None
+    if Path(spec).suffix:
+        return (f"{key}: checkpoint {spec} not found; see README 'Paper profile' for where the authors publish it, "
+                f"then pass --set {key}=/path/to/file")
+    if "/" not in spec:
+        return f"{key}: {spec!r} is not a shipped model (shipped: {', '.join(shipped_models())})"
+    return None
 
 
 def run(params: dict, only=None, output_dir: Path = GENERATED, log=print) -> list[Path]:
@@ -79,6 +85,9 @@ def run(params: dict, only=None, output_dir: Path = GENERATED, log=print) -> lis
     if problems:
         raise SystemExit("cannot run profile {!r}; nothing was computed:\n  - {}".format(
             params.get("profile"), "\n  - ".join(problems)))
+    skipped = model_problem(params, "second_model")
+    if skipped:
+        log(f"note: the base-model comparison of 04_ablations is skipped ({skipped})")
     unknown = sorted(set(only or ()) - set(NOTEBOOKS))
     if unknown:
         raise SystemExit(f"unknown notebook(s) {', '.join(unknown)}; known: {', '.join(NOTEBOOKS)}")
