@@ -86,10 +86,21 @@ def test_cache_hit_and_key(tiny_model, tiny_images, tmp_path):
 
 
 def test_entry_is_bound_to_chunk_size_and_precision(tiny_model, tiny_images, tmp_path):
-    """Anything that changes the numbers or the chunking gets an entry of its own."""
-    for kwargs in ({}, {"chunk_size": 8}, {"chunk_size": 16}, {"precision": "tf32"}, {"precision": "bf16"}):
-        Extraction(tiny_model, k=2, cache_dir=tmp_path, progress=False, **kwargs).statistics(tiny_images)
-    assert len(list(tmp_path.iterdir())) == 5
+    """Anything that changes the numbers or the chunking gets an entry of its own; each precision's entry holds
+    that precision's numbers (bf16 / fp16 autocast really ran: close to fp32, not equal; TF32 does not exist on
+    a CPU, so its numbers are fp32's, kept apart)."""
+    got = {}
+    for kwargs in ({}, {"chunk_size": 8}, {"chunk_size": 16}, {"precision": "tf32"}, {"precision": "bf16"},
+                   {"precision": "fp16"}):
+        got[repr(kwargs)] = Extraction(tiny_model, k=2, cache_dir=tmp_path, progress=False,
+                                       **kwargs).statistics(tiny_images)
+    assert len(list(tmp_path.iterdir())) == 6
+    fp32 = got["{}"]
+    np.testing.assert_array_equal(got["{'precision': 'tf32'}"]["eps_s2"], fp32["eps_s2"])
+    for precision, close in (("bf16", 0.05), ("fp16", 0.01)):  # measured: 0.02 and 0.002 of the largest value
+        for key in ("eps_s1", "eps_s2", "err_s2", "d_sum"):
+            diff = np.abs(got[f"{{'precision': '{precision}'}}"][key] - fp32[key]).max() / np.abs(fp32[key]).max()
+            assert 1e-5 < diff < close, (precision, key, diff)
     from diffpath_core.cache import trajectory_settings
 
     cpu = trajectory_settings(10, True, "fp32")
