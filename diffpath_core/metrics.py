@@ -58,3 +58,82 @@ def all_metrics(score_id, score_ood) -> dict[str, float]:
     """AUROC, FPR at 95% TPR, AUPR-in and AUPR-out in one dict."""
     return {"auroc": auroc(score_id, score_ood), "fpr95": fpr_at_tpr(score_id, score_ood),
             "aupr_in": aupr_in(score_id, score_ood), "aupr_out": aupr_out(score_id, score_ood)}
+
+
+# ----------------------------------------------------------------------------- uncertainty
+
+N_BOOT = 2000      # bootstrap resamples behind every interval the book reports
+BOOT_SEED = 0
+LEVEL = 0.95
+
+
+def bootstrap_aurocs(score_id, score_ood, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> np.ndarray:
+    """AUROC of ``n_boot`` stratified bootstrap resamples (ID and OOD images each drawn with replacement, their
+    counts fixed), exact with ties. Two calls with the same seed and set sizes draw the same images, so scores of
+    two methods on the same images give paired resamples.
+
+    Each resample is a vector of multiplicities; its Mann–Whitney count is Σ_i w_i (W_OOD below s_i + ½ W_OOD
+    tied with s_i), computed for all resamples at once from the scores' sorted distinct values.
+    """
+    a, b = _check(score_id, score_ood)
+    rng = np.random.default_rng(seed)
+    values, groups = np.unique(np.concatenate([a, b]), return_inverse=True)
+    ga, gb = groups[: a.size], groups[a.size:]
+    out = np.empty(n_boot)
+    for lo in range(0, n_boot, 250):  # blocks of resamples bound the memory at 250 × (n + m) numbers
+        r = min(250, n_boot - lo)
+        wa = rng.multinomial(a.size, np.full(a.size, 1.0 / a.size), size=r).astype(np.float64)
+        wb = rng.multinomial(b.size, np.full(b.size, 1.0 / b.size), size=r).astype(np.float64)
+        per_value = np.bincount((np.arange(r)[:, None] * values.size + gb[None, :]).ravel(), weights=wb.ravel(),
+                                minlength=r * values.size).reshape(r, values.size)
+        below = np.cumsum(per_value, axis=1) - per_value
+        u = (wa * (below[:, ga] + 0.5 * per_value[:, ga])).sum(axis=1)
+        out[lo:lo + r] = u / (a.size * b.size)
+    return out
+
+
+def interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """The percentile interval of bootstrap samples at ``level``."""
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(samples, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def auroc_interval(score_id, score_ood, n_boot: int = N_BOOT, seed: int = BOOT_SEED,
+                   level: float = LEVEL) -> tuple[float, float]:
+    """A ``level`` percentile interval of the AUROC, stratified bootstrap over images (:func:`bootstrap_aurocs`).
+
+    At AUROC 1 (perfect separation) every resample is 1 too and the interval collapses to [1, 1]: it says the
+    sample shows no overlap, not that the population has none.
+    """
+    return interval(bootstrap_aurocs(score_id, score_ood, n_boot, seed), level)
+
+
+def mean_auroc_samples(score_pairs: list[tuple], n_boot: int = N_BOOT, seed: int = BOOT_SEED,
+                       resample_pairs: bool = False) -> np.ndarray:
+    """Bootstrap samples of the mean AUROC over several (ID scores, OOD scores) pairs: images are resampled within
+    each pair (pair i with seed ``seed + i``, so two methods scored on the same images are paired), and with
+    ``resample_pairs`` the pairs themselves are drawn with replacement too (the same draw for every method)."""
+    per_pair = np.stack([bootstrap_aurocs(s_id, s_ood, n_boot, seed + i) for i, (s_id, s_ood) in enumerate(score_pairs)])
+    if not resample_pairs:
+        return per_pair.mean(axis=0)
+    draws = np.random.default_rng(seed + 10_000).integers(0, len(score_pairs), (n_boot, len(score_pairs)))
+    return per_pair[draws, np.arange(n_boot)[:, None]].mean(axis=1)
+
+
+def paired_difference(pairs_a: list[tuple], pairs_b: list[tuple], n_boot: int = N_BOOT, seed: int = BOOT_SEED,
+                      resample_pairs: bool = True, level: float = LEVEL) -> dict:
+    """Mean AUROC of method A minus method B over the same pairs and images, with a paired bootstrap interval
+    (images resampled within each pair, the same images for both methods; pairs resampled too unless
+    ``resample_pairs`` is False) and the share of resamples in which A is ahead."""
+    if len(pairs_a) != len(pairs_b):
+        raise ValueError("a paired comparison needs both methods on the same pairs")
+    for (a_id, a_ood), (b_id, b_ood) in zip(pairs_a, pairs_b):
+        if np.size(a_id) != np.size(b_id) or np.size(a_ood) != np.size(b_ood):
+            raise ValueError("a paired comparison needs both methods scored on the same images")
+    diff = (mean_auroc_samples(pairs_a, n_boot, seed, resample_pairs)
+            - mean_auroc_samples(pairs_b, n_boot, seed, resample_pairs))
+    observed = float(np.mean([auroc(*p) for p in pairs_a]) - np.mean([auroc(*p) for p in pairs_b]))
+    low, high = interval(diff, level)
+    return {"difference": observed, "low": low, "high": high, "share_a_ahead": float(np.mean(diff > 0)),
+            "n_pairs": len(pairs_a), "n_boot": n_boot, "seed": seed, "resample_pairs": resample_pairs}
