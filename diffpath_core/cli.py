@@ -101,6 +101,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="write the ranking as CSV")
     _common(s)
 
+    sm = sub.add_parser("select-maps", help="rank the anomaly-map forms of each method on ID images and synthetic "
+                                           "validation defects (ID data only)")
+    sm.add_argument("--id", dest="id_set", default="fashion_mnist")
+    sm.add_argument("--n-train", type=int, default=1300, help="ID training images: 60%% reference, the rest "
+                                                             "(at most 300) validation (default: %(default)s)")
+    sm.add_argument("--out", default=None, help="write the ranking as CSV")
+    _common(sm)
+
+    mp = sub.add_parser("maps", help="anomaly maps of images: where in each image the anomaly is")
+    mp.add_argument("--id", dest="id_set", required=True, help="ID dataset or folder of normal images to fit on")
+    mp.add_argument("--images", required=True, help="dataset name or folder of images to map")
+    mp.add_argument("--out", required=True, help="folder for one overlay PNG per image and maps.csv")
+    mp.add_argument("--method", default="DiffPathV2", choices=("DiffPath-6D", "DiffPathV2", "DiffPathV2-PS"),
+                    help="whose map (default: %(default)s)")
+    mp.add_argument("--defects", default=None, metavar="KIND",
+                    help="put a synthetic defect of this kind into each image first and write its mask too "
+                         "(patch:mnist, patch:glyphs, cutpaste, scratch, blot, blur, contrast, rotation)")
+    mp.add_argument("--n-train", type=int, default=2000, help="ID training images (default: %(default)s)")
+    mp.add_argument("--limit", type=int, default=None, help="map at most this many images (random, seeded)")
+    mp.add_argument("--seed", type=int, default=0)
+    _common(mp)
+
     t = sub.add_parser("train", help="train a base diffusion model (resumes from --run-dir)")
     t.add_argument("--dataset", default="fashion_mnist_full")
     t.add_argument("--run-dir", required=True, help="checkpoints go here; rerun to resume")
@@ -151,7 +173,7 @@ def cmd_features(args) -> int:
     from .datasets import folder_summary, is_folder_source, load_images
     from .features import diffpath_statistics
 
-    rank, world, device = distributed.setup()  # under torchrun: one shard per process / GPU
+    rank, world, device = distributed.setup(args.device)  # under torchrun: one shard per process / GPU
     args.device = device if world > 1 else args.device
     model = _model(args)
     images = load_images(args.source, None if is_folder_source(args.source) else args.split, size=model.image_size,
@@ -205,7 +227,8 @@ def cmd_evaluate(args) -> int:
     result = ev.run(pairs, args.methods)
     for note in result.notes:
         print(f"note: {note}")
-    print("\nAUROC (higher is better)\n" + result.table("auroc"))
+    print(f"\nAUROC (higher is better) [95% interval: stratified bootstrap over images, {result.n_boot} resamples, "
+          "seed 0 + the pair's place]\n" + result.table("auroc"))
     print("\nFPR at 95% TPR (lower is better)\n" + result.table("fpr95"))
     print(f"\n{time.perf_counter() - t0:.1f} s in all; density setting {args.density!r}, hyper-parameters chosen "
           "by cross-validation on ID training features only")
@@ -224,12 +247,86 @@ def cmd_select(args) -> int:
     train = load_images(args.id_set, "train", size=model.image_size, channels=model.in_channels, limit=args.n_train,
                         resize_images=args.resize, convert=args.convert_channels)
     rows = select_formulation(_extraction(args, model), train, density=args.density)
-    print(f"{'rank':>4}  {'mean AUROC':>10}  {'family':<11} switches")
+    print(f"{'rank':>4}  {'mean AUROC (95% interval)':>26}  {'lead of best':>12}  {'':<6}  {'family':<11} switches")
     for i, r in enumerate(rows, 1):
-        print(f"{i:>4}  {r['mean_auroc']:>10.4f}  {r['family']:<11} {r['label']}")
+        mark = "CHOSEN" if r["chosen"] else ("tied" if r["tied_with_best"] and r["family"] == "paper form" else "")
+        print(f"{i:>4}  {r['mean_auroc']:.4f} ({r['mean_low']:.4f}–{r['mean_high']:.4f})  {r['lead_of_best']:>12.4f}  "
+              f"{mark:<6}  {r['family'][:11]:<11} {r['label']}")
+    chosen = next(r for r in rows if r["chosen"])
+    print(f"\nDiffPathV2's default: {chosen['label']} (the simplest paper-form candidate whose gap to the best is "
+          f"inside the 95% paired bootstrap interval; {rows[0]['n_fit']} fit, {rows[0]['n_val']} validation and "
+          f"{rows[0]['n_held_out']} held-out-class images)")
     if args.out:
         write_rows_csv(rows, args.out)
         print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_select_maps(args) -> int:
+    from .datasets import load_images
+    from .evaluate import write_rows_csv
+    from .validation import select_map_forms
+
+    model = _model(args)
+    train = load_images(args.id_set, "train", size=model.image_size, channels=model.in_channels, limit=args.n_train,
+                        resize_images=args.resize, convert=args.convert_channels)
+    rows = select_map_forms(_extraction(args, model), train)
+    for family in dict.fromkeys(r["family"] for r in rows):
+        mine = [r for r in rows if r["family"] == family]
+        chosen = next((r for r in mine if r["chosen"]), None)
+        print(f"{family}: best {mine[0]['label']} ({mine[0]['mean_pixel_auroc']:.4f}); "
+              + (f"default {chosen['label']} ({chosen['mean_pixel_auroc']:.4f})" if chosen else "an ablation family"))
+    if args.out:
+        write_rows_csv(rows, args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_maps(args) -> int:
+    import numpy as np
+
+    from .datasets import is_folder_source, item_names, load_images
+    from .datasets.defects import make_defects
+    from .evaluate import make_method, write_rows_csv
+    from .metrics import aupro, pixel_auroc
+    from .plots import save_overlay
+    from .progress import progress_bar
+
+    check_sources([args.id_set, args.images])
+    model = _model(args)
+    common = dict(size=model.image_size, channels=model.in_channels, resize_images=args.resize,
+                  convert=args.convert_channels, seed=args.seed)
+    train = load_images(args.id_set, None if is_folder_source(args.id_set) else "train", limit=args.n_train, **common)
+    images = load_images(args.images, None if is_folder_source(args.images) else "test", limit=args.limit, **common)
+    names = [Path(n).stem for n in item_names(images, args.images)]
+    files = [Path(images.meta["root"]) / f for f in images.meta["files"]] if "root" in images.meta else None
+    masks = None
+    if args.defects:  # the defective images exist at the model's size only: overlays are drawn there
+        defects = make_defects(images.images, args.defects, seed=args.seed, source=images.identity)
+        images, masks, files = defects.as_image_set(), defects.masks.numpy(), None
+        names = [f"{n}-{args.defects.replace(':', '-')}" for n in names]
+    names = [n.replace(" ", "_").replace("#", "") for n in names]
+    det = make_method(args.method)
+    det.model = _extraction(args, model)
+    det.fit(train)
+    scores, maps = det.score_and_maps(images)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    shown = maps.original if maps.original is not None else list(maps.maps)
+    rows = []
+    for i in progress_bar(range(len(images)), desc="overlays", unit="image", progress=not args.quiet):
+        overlay = f"{names[i]}_map.png"
+        save_overlay(images.images[i], shown[i], out / overlay, source_file=None if files is None else files[i],
+                     mask=None if masks is None else masks[i], title=f"{names[i]}: score {scores[i]:.2f}")
+        rows.append({"image": names[i], "score": float(scores[i]), "map_max": float(maps.maps[i].max()),
+                     "map_mean": float(maps.maps[i].mean()), "overlay": overlay})
+    write_rows_csv(rows, out / "maps.csv")
+    np.save(out / "maps.npy", maps.maps)
+    print(f"{len(rows)} overlays and maps.csv in {out}; map {maps.form.label()}; {det.name} fitted on {len(train)} "
+          f"images of {train.name} (score: log-likelihood, higher = more normal; map: higher = more anomalous)")
+    if masks is not None:
+        print(f"pixel AUROC {pixel_auroc(maps.maps, masks):.3f}, AUPRO {aupro(maps.maps, masks):.3f} "
+              f"({args.defects} defects, {len(images)} images)")
     return 0
 
 
@@ -293,7 +390,8 @@ def main(argv=None) -> int:
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    handler = {"features": cmd_features, "evaluate": cmd_evaluate, "select": cmd_select, "train": cmd_train,
+    handler = {"features": cmd_features, "evaluate": cmd_evaluate, "select": cmd_select,
+               "select-maps": cmd_select_maps, "maps": cmd_maps, "train": cmd_train,
                "download": cmd_download, "datasets": cmd_datasets, "models": cmd_models}[args.command]
     try:
         return handler(args)

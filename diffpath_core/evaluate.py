@@ -21,7 +21,8 @@ from .datasets import DATASETS, dataset_title, folder_summary, is_folder_source,
 from .errors import InputError
 from .extraction import Extraction, require_extraction
 from .features import reconstruction_score
-from .metrics import all_metrics
+from .metrics import (BOOT_SEED, N_BOOT, all_metrics, auroc, auroc_interval, bootstrap_aurocs, interval,
+                      paired_difference)
 from .store import atomic_savez, atomic_write_bytes, digest, stats_digest
 
 METHODS = ("DiffPath-1D", "DiffPath-6D", "DiffPathV2")  # the published methods
@@ -60,6 +61,29 @@ def source_labels(sources) -> dict[str, str]:
                 break
         labels[source] = label
     return labels
+
+
+def fitted_scores(det, train: dict, tests: dict, cache_dir=None) -> tuple[dict[str, np.ndarray], str]:
+    """Fit ``det`` on the ``train`` statistics and score each of ``tests`` ({name: statistics}); returns the
+    scores and the fitted density's description.
+
+    Scores are cached under ``cache_dir/scores`` (keyed by the detector's settings and a digest of every statistic
+    it saw): a fitted density is deterministic in those, so a rebuild of the book refits nothing.
+    """
+    names = list(tests)
+    key = digest("|".join([det.token(), stats_digest(train)] + [f"{n}:{stats_digest(tests[n])}" for n in names]),
+                 length=20)
+    path = Path(cache_dir) / "scores" / f"{key}.npz" if cache_dir else None
+    if path is not None and path.exists():
+        with np.load(path, allow_pickle=False) as d:
+            return {n: d[f"score_{n}"] for n in names}, str(d["describe"])
+    det.fit_statistics(train)
+    scores = {n: det.score_statistics(tests[n]) for n in names}
+    describe = det.detector_.describe()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_savez(path, {**{f"score_{n}": v for n, v in scores.items()}, "describe": np.array(describe)})
+    return scores, describe
 
 
 def label_title(label: str) -> str:
@@ -140,6 +164,39 @@ class EvaluationResult:
     seconds: float = 0.0
     notes: list = field(default_factory=list)   # lines a reader should see beside the table (allowed overlaps)
     labels: dict = field(default_factory=dict)  # source → its label in the rows
+    pairs: list = field(default_factory=list)   # the (ID, OOD) pairs in order
+    n_boot: int = N_BOOT
+
+    def seed(self, id_name: str, ood: str) -> int:
+        """The bootstrap seed of a pair (its place in the run): every method on that pair draws the same images,
+        so intervals and comparisons are paired."""
+        return BOOT_SEED + self.pairs.index((id_name, ood))
+
+    def _pair_scores(self, method: str, pairs=None) -> list[tuple]:
+        return [self.scores[(method, a, b)] for a, b in (pairs or self.pairs)]
+
+    def mean_auroc(self, method: str, pairs=None) -> dict:
+        """A method's mean AUROC over the pairs (default: all) with a bootstrap interval over images (pairs fixed,
+        each pair resampled with its own seed, as its row's interval)."""
+        pairs = pairs or self.pairs
+        values = [auroc(*s) for s in self._pair_scores(method, pairs)]
+        per_pair = np.stack([bootstrap_aurocs(*self.scores[(method, a, b)], self.n_boot, self.seed(a, b))
+                             for a, b in pairs])
+        low, high = interval(per_pair.mean(axis=0))
+        return {"method": method, "mean_auroc": float(np.mean(values)), "low": low, "high": high,
+                "pairs": len(pairs), "n_boot": self.n_boot}
+
+    def compare(self, a: str, b: str, pairs=None) -> dict:
+        """Method ``a`` against ``b`` on the same pairs and images: the mean AUROC difference, its paired bootstrap
+        interval (images within pairs and the pairs themselves resampled) and a verdict that says a difference
+        only when the interval excludes zero."""
+        pairs = pairs or self.pairs
+        diff = paired_difference(self._pair_scores(a, pairs), self._pair_scores(b, pairs), self.n_boot, BOOT_SEED,
+                                 resample_pairs=True)
+        verdict = (f"{a} above {b}" if diff["low"] > 0 else f"{b} above {a}" if diff["high"] < 0
+                   else "no difference resolved")
+        return {"a": a, "b": b, **diff, "verdict": verdict}
+
 
     def write_csv(self, path: str | os.PathLike) -> None:
         write_rows_csv(self.rows, path)
@@ -155,17 +212,31 @@ class EvaluationResult:
         atomic_savez(path, arrays)
 
     def table(self, metric: str = "auroc") -> str:
-        """A plain-text pairs × methods table of one metric, with the average row."""
+        """A plain-text pairs × methods table of one metric, with the average row. For the AUROC each cell also
+        shows its 95 % bootstrap interval (the average's: images resampled, pairs fixed)."""
         methods = list(dict.fromkeys(r["method"] for r in self.rows))
         pairs = list(dict.fromkeys((r["id"], r["ood"]) for r in self.rows))
-        value = {(r["id"], r["ood"], r["method"]): r[metric] for r in self.rows}
+        rows = {(r["id"], r["ood"], r["method"]): r for r in self.rows}
+        with_interval = metric == "auroc" and self.n_boot > 0
+        cell = 24 if with_interval else 16
+
+        def shown(value, low=None, high=None):
+            return f"{value:.3f} [{low:.3f}, {high:.3f}]" if with_interval else f"{value:.3f}"
+
         width = max(len(f"{label_title(a)} → {label_title(b)}") for a, b in pairs) + 2
-        lines = [f"{'ID → OOD':<{width}}" + "".join(f"{m:>16}" for m in methods)]
+        lines = [f"{'ID → OOD':<{width}}" + "".join(f"{m:>{cell}}" for m in methods)]
         for a, b in pairs:
-            lines.append(f"{label_title(a) + ' → ' + label_title(b):<{width}}" +
-                         "".join(f"{value[(a, b, m)]:>16.3f}" for m in methods))
-        lines.append(f"{'average':<{width}}" + "".join(
-            f"{np.mean([value[(a, b, m)] for a, b in pairs]):>16.3f}" for m in methods))
+            cells = [shown(rows[a, b, m][metric], rows[a, b, m].get("auroc_low"), rows[a, b, m].get("auroc_high"))
+                     for m in methods]
+            lines.append(f"{label_title(a) + ' → ' + label_title(b):<{width}}" + "".join(f"{c:>{cell}}" for c in cells))
+        averages = []
+        for m in methods:
+            if with_interval and len(self.scores):
+                mean = self.mean_auroc(m)
+                averages.append(shown(mean["mean_auroc"], mean["low"], mean["high"]))
+            else:
+                averages.append(shown(np.mean([rows[(a, b, m)][metric] for a, b in pairs])))
+        lines.append(f"{'average':<{width}}" + "".join(f"{v:>{cell}}" for v in averages))
         return "\n".join(lines)
 
 
@@ -178,13 +249,14 @@ class Evaluation:
 
     def __init__(self, extraction: Extraction, *, n_train: int | None = 2000, n_test: int | None = 2000,
                  seed: int = 0, resize: bool = False, convert: bool = False, density: str = "compact",
-                 id_test: dict | None = None, allow_overlap: bool = False):
+                 id_test: dict | None = None, allow_overlap: bool = False, n_boot: int = N_BOOT):
         require_extraction(extraction, "Evaluation")
         self.extraction, self.n_train, self.n_test, self.seed = extraction, n_train, n_test, seed
         self.density, self.resize, self.convert = density, resize, convert
         self.id_test = dict(id_test or {})  # ID source → a folder of its ID-test images
         self.id_sources: set[str] = set()   # set by run(): folders among them are split into train / test
         self.allow_overlap = allow_overlap  # identical images in two sets: counted in the notes instead of refused
+        self.n_boot = n_boot                # bootstrap resamples behind each AUROC's interval (0: none)
         self._stats: dict = {}
         self._names: dict = {}              # (where, split) → a name for each image, for messages
 
@@ -251,28 +323,12 @@ class Evaluation:
         return [line.split(":")[0] + " (allowed by --allow-overlap)" for line in found]
 
     def fit_and_score(self, det, id_name: str, targets: list[str]) -> tuple[dict[str, np.ndarray], str]:
-        """Fit ``det`` on ID-train statistics, score the ID test set and each target's test set.
-
-        Scores are cached (keyed by the detector's settings and a digest of every statistic it saw):
-        a fitted density is deterministic in those, so a rebuild of the book refits nothing.
-        """
+        """Fit ``det`` on ID-train statistics, score the ID test set and each target's test set (cached:
+        :func:`fitted_scores`)."""
         train = self.stats(id_name, "train", det.readings)
         names = [id_name] + [t for t in targets if t != id_name]
         tests = {n: self.stats(n, "test", det.readings) for n in names}
-        key = digest("|".join([det.token(), stats_digest(train)] + [f"{n}:{stats_digest(tests[n])}" for n in names]),
-                     length=20)
-        cache_dir = self.extraction.cache_dir
-        path = Path(cache_dir) / "scores" / f"{key}.npz" if cache_dir else None
-        if path is not None and path.exists():
-            with np.load(path, allow_pickle=False) as d:
-                return {n: d[f"score_{n}"] for n in names}, str(d["describe"])
-        det.fit_statistics(train)
-        scores = {n: det.score_statistics(tests[n]) for n in names}
-        describe = det.detector_.describe()
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_savez(path, {**{f"score_{n}": v for n, v in scores.items()}, "describe": np.array(describe)})
-        return scores, describe
+        return fitted_scores(det, train, tests, self.extraction.cache_dir)
 
     def run(self, pairs, methods=METHODS + VARIANTS) -> EvaluationResult:
         """Every method on every (ID, OOD) pair; ``methods`` holds names or (label, factory()) pairs.
@@ -281,7 +337,9 @@ class Evaluation:
         needed: the detector only scores the statistics this evaluation extracts).
         """
         t0 = time.perf_counter()
-        result = EvaluationResult()
+        result = EvaluationResult(n_boot=self.n_boot)
+        pairs = list(dict.fromkeys(tuple(p) for p in pairs))
+        result.pairs = pairs
         self.id_sources |= {a for a, _ in pairs}
         labels = source_labels([s for pair in pairs for s in pair] + list(self.id_test.values()))
         result.labels = labels
@@ -300,8 +358,12 @@ class Evaluation:
                 for ood in oods:
                     s_id, s_ood = scores[id_name], scores[ood]
                     result.scores[(label, id_name, ood)] = (s_id, s_ood)
+                    low, high = (auroc_interval(s_id, s_ood, self.n_boot, result.seed(id_name, ood))
+                                 if self.n_boot else (np.nan, np.nan))
                     result.rows.append({"id": labels[id_name], "ood": labels[ood], "method": label,
                                         **{m: round(v, 4) for m, v in all_metrics(s_id, s_ood).items()},
+                                        "auroc_low": round(low, 4), "auroc_high": round(high, 4),
+                                        "n_boot": self.n_boot, "boot_seed": result.seed(id_name, ood),
                                         "n_id_train": n_train, "n_id_test": len(s_id), "n_ood_test": len(s_ood),
                                         "k": self.extraction.k, "detector": describe,
                                         "density": self.density if factory is None else "custom",

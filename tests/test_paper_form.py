@@ -1,7 +1,4 @@
 """DiffPathV2's paper form against an independent computation from the trajectory maps, and the names it owns."""
-import csv
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -16,9 +13,7 @@ from diffpath_core import DEFAULT_V2, DiffPath, DiffPathV2, DiffPathV2Variant, P
 from diffpath_core.detectors import GMMDetector, KDEDetector, density_model
 from diffpath_core.evaluate import METHODS, VARIANTS, make_method
 from diffpath_core.trajectory import content_seeded_noise
-from diffpath_core.validation import best_paper_form, paper_form_candidates
 
-ROOT = Path(__file__).resolve().parent.parent
 K = 4
 FORMS = [PaperForm(noise, pair, weight, lam)
          for noise in ("path", "fresh") for pair in ("image", "noise")
@@ -120,14 +115,6 @@ def test_names_belong_to_what_they_claim(tiny_model):
     assert "DiffPathV2" in METHODS and "DiffPathV2-PS" in VARIANTS and "DiffPathV2-PS" not in METHODS
     assert type(make_method("DiffPathV2")) is DiffPathV2
     assert type(make_method("DiffPathV2-PS")) is DiffPathV2Variant
-
-
-def test_default_is_the_validation_protocols_choice():
-    with open(ROOT / "data" / "reference" / "formulation_selection.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    assert {r["family"] for r in rows} == {"paper form", "variant"}
-    assert len([r for r in rows if r["family"] == "paper form"]) == len(paper_form_candidates())
-    assert best_paper_form(rows) == DEFAULT_V2
 
 
 def test_reference_density_is_diffpaths_grid():

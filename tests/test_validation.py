@@ -1,0 +1,118 @@
+"""The validation protocol that chooses DiffPathV2's default: its split, its outliers, its tie band, its table."""
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffpath_core import DEFAULT_V2, DiffPathV2, Extraction, PaperForm, VariantFormulation, auroc
+from diffpath_core.datasets import ImageSet
+from diffpath_core.validation import (SIMPLICITY, best_paper_form, mosaics, paper_form_candidates,
+                                      select_formulation, simplicity, synthetic_outliers, tie_band_choice,
+                                      validation_split)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_split_is_disjoint_seeded_and_holds_out_whole_classes():
+    labels = np.repeat(np.arange(10), 30)
+    split = validation_split(len(labels), labels, seed=0)
+    fit, val, held = split["fit"], split["val"], split["held_out"]
+    assert len(split["held_out_classes"]) == 2 and set(labels[held]) == set(split["held_out_classes"])
+    assert not set(fit) & set(val) and not (set(fit) | set(val)) & set(held)
+    assert len(fit) + len(val) + len(held) == len(labels)
+    assert not set(labels[fit]) & set(split["held_out_classes"]), "no held-out class is fitted"
+    assert validation_split(len(labels), labels, seed=0)["held_out_classes"] == split["held_out_classes"]
+    no_labels = validation_split(300, None, seed=0)
+    assert len(no_labels["held_out"]) == 0 and len(no_labels["fit"]) + len(no_labels["val"]) == 300
+
+
+def test_mosaics_are_made_of_four_other_images():
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(12, 1, 8, 8, generator=g) * 2 - 1
+    out = mosaics(images, seed=1)
+    for m in out:
+        sources = []
+        for ys, xs in ((slice(0, 4), slice(0, 4)), (slice(0, 4), slice(4, 8)), (slice(4, 8), slice(0, 4)),
+                       (slice(4, 8), slice(4, 8))):
+            match = [i for i in range(12) if torch.equal(images[i, :, ys, xs], m[:, ys, xs])]
+            assert len(match) == 1
+            sources.append(match[0])
+        assert len(set(sources)) == 4, "each quadrant from a different image"
+    assert torch.equal(synthetic_outliers(images, "mosaic", seed=1), out)
+
+
+def test_tie_band_picks_the_simpler_candidate_on_a_planted_tie():
+    """B's mean is a hair above A's (a difference far inside the noise): the simpler A is chosen. When B's lead is
+    real, B is chosen. Ineligible candidates (an ablation) are ranked but never chosen."""
+    rng = np.random.default_rng(0)
+    val = rng.normal(1.0, 1.0, 300)
+    kinds = [rng.normal(0.0, 1.0, 300) for _ in range(3)]
+    noise = [rng.normal(0, 0.02, 300) for _ in range(4)]
+    a = [(val, k) for k in kinds]
+    b = [(val + noise[0], k + n) for k, n in zip(kinds, noise[1:])]  # B is A plus jitter: a tie
+    better = [(val + 0.5, k) for k in kinds]                          # a clear lead
+    ablation = [(val + 2.0, k) for k in kinds]                        # best of all, but not eligible
+    rank = {"A": 0, "B": 1, "better": 2, "ablation": -1}
+    assert np.mean([auroc(*p) for p in b]) != np.mean([auroc(*p) for p in a])
+    scores = {"A": a, "B": b, "ablation": ablation}
+    if np.mean([auroc(*p) for p in b]) < np.mean([auroc(*p) for p in a]):  # make B the (noisy) best
+        scores = {"A": b, "B": a, "ablation": ablation}
+    chosen, standing = tie_band_choice(scores, ["A", "B"], rank.get, n_boot=500)
+    assert standing["B"]["lead"] == 0.0 and standing["A"]["lead"] > 0 and standing["A"]["tied"]
+    assert chosen == "A"
+    chosen, standing = tie_band_choice({"A": a, "better": better}, ["A", "better"], rank.get, n_boot=500)
+    assert chosen == "better" and not standing["A"]["tied"] and standing["A"]["lead_low"] > 0
+
+
+def test_simplicity_order_is_the_stated_one():
+    forms = sorted(paper_form_candidates(), key=simplicity)
+    assert forms[0] == PaperForm("path", "image", "amplify", 1.0)
+    assert forms[-1] == PaperForm("fresh", "noise", "ssim", 0.0)
+    assert [f.lam for f in forms[:6]] == [1.0, 0.5, 2.0, 4.0, 8.0, 0.0]
+    assert all(f.weight != "none" for f in paper_form_candidates()), "SSIM stays on in every candidate"
+    assert SIMPLICITY["noise"] == ("path", "fresh")
+
+
+def _labelled_set():
+    """Four classes of 16×16 images (smoothed noise at four smoothing levels), 20 each."""
+    g = torch.Generator().manual_seed(2)
+    images, labels = [], []
+    for c, width in enumerate((1, 3, 5, 7)):
+        x = torch.rand(20, 1, 16, 16, generator=g) * 2 - 1
+        images.append(torch.nn.functional.avg_pool2d(x, width, 1, width // 2).clamp(-1, 1))
+        labels += [c] * 20
+    return ImageSet("toy", "train", torch.cat(images), np.array(labels), "toy-identity")
+
+
+def test_select_formulation_end_to_end(tiny_model, tmp_path):
+    """The table on a labelled toy set: a row per candidate, best first, exactly one chosen (eligible, tied with
+    the best), and a row's AUROC equal to a recomputation with the same split."""
+    train = _labelled_set()
+    candidates = [PaperForm("path", "image", "amplify", 1.0), PaperForm("path", "image", "ssim", 0.0),
+                  PaperForm("path", "image", "none", 0.0), VariantFormulation()]
+    ex = Extraction(tiny_model, k=2, cache_dir=tmp_path, progress=False)
+    rows = select_formulation(ex, train, candidates=candidates, n_boot=200)
+    assert len(rows) == 4 and [r["mean_auroc"] for r in rows] == sorted((r["mean_auroc"] for r in rows), reverse=True)
+    chosen = [r for r in rows if r["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["family"] == "paper form" and chosen[0]["tied_with_best"]
+    assert {r["family"] for r in rows} == {"paper form", "paper form, SSIM off (ablation)", "variant"}
+    assert rows[0]["n_held_out"] == 20 and rows[0]["n_fit"] + rows[0]["n_val"] == 60
+    split = validation_split(80, train.labels, 0)
+    stats = ex.statistics(train)
+    part = {name: {k: v[split[name]] for k, v in stats.items()} for name in ("fit", "val", "held_out")}
+    det = DiffPathV2(form=candidates[0]).fit_statistics(part["fit"])
+    row = next(r for r in rows if r["label"] == candidates[0].label())
+    assert row["auroc_held-out classes"] == pytest.approx(auroc(det.score_statistics(part["val"]),
+                                                                det.score_statistics(part["held_out"])))
+    assert best_paper_form(rows) == PaperForm(**eval(chosen[0]["switches"]))
+
+
+def test_default_is_the_validation_protocols_choice():
+    with open(ROOT / "data" / "reference" / "formulation_selection.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["family"] for r in rows} == {"paper form", "paper form, SSIM off (ablation)", "variant"}
+    assert len([r for r in rows if r["family"] == "paper form"]) == len(paper_form_candidates())
+    assert {"auroc_held-out classes", "auroc_mosaic", "lead_low", "tied_with_best"} <= set(rows[0])
+    assert best_paper_form(rows) == DEFAULT_V2
