@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,20 +23,59 @@ from .datasets import ImageSet
 from .detectors import density_model
 from .extraction import Extraction
 from .features import PaperForm, VariantFormulation, diffpath_features, paper_form_features, variant_features
+from .maps import MapForm, MapReference, anomaly_maps
 from .models import DiffusionModel, load_model
 
-# DiffPathV2's default switches, chosen on the validation protocol of the Method page (Fashion-MNIST ID-train
-# split 70/30 against noise / blur / contrast / rotation outliers made from the validation part; never on a
-# reported pair): the best paper-form row of data/reference/formulation_selection.csv, written by
-# `diffpath select --id fashion_mnist --out data/reference/formulation_selection.csv` (2026-11-24): mean AUROC
-# 0.9257 of 23 paper-form candidates, λ = 1 at 0.9254 and λ = 8 at 0.9149 (so λ = 4 is inside the grid); SSIM off
-# 0.9159; the fresh-noise reading at most 0.878. tests/test_paper_form.py checks that this constant is that row.
-DEFAULT_V2 = PaperForm(noise="path", ssim_pair="image", weight="amplify", lam=4.0, error="score")
+# DiffPathV2's default switches: the chosen row of data/reference/formulation_selection.csv, written by
+# `diffpath select --id fashion_mnist --out data/reference/formulation_selection.csv` (2026-11-26) on the validation
+# protocol of the Method page (Fashion-MNIST ID-train only: two held-out classes, a 70/30 fit/validation split,
+# corruptions and mosaics of the validation images; never a reported pair). Rule: the simplest candidate whose gap
+# to the best is inside the 95 % paired bootstrap interval; here the best itself (mean AUROC 0.826, 0.816–0.836),
+# no simpler candidate being tied with it. λ = 8 is the largest of the grid fixed beforehand (0.5, 1, 2, 4, 8).
+# tests/test_validation.py checks that this constant is that row.
+DEFAULT_V2 = PaperForm(noise="path", ssim_pair="noise", weight="amplify", lam=8.0, error="score")
 
 # "DiffPathV2-PS", this project's per-step variant: per-step log Σr²_k and ΣD_k (2K features), GMM. It was
 # the top row of the first validation run (2026-11-23, 36 variant formulations, mean AUROC 0.949) and stays
 # fixed as a named variant; the current selection table ranks it beside the paper form.
 DEFAULT_PS = VariantFormulation(error="score", ssim="off", lam=0.0, aggregate="per_step", dims="multi")
+
+# Each method's default anomaly map: the chosen row of its family in data/reference/map_selection.csv, written by
+# `diffpath select-maps --id fashion_mnist --n-train 1300 --out data/reference/map_selection.csv` (2026-11-26) on
+# ID-train images and synthetic validation defects made from them only (cut-paste, scratch, blot, blur, contrast,
+# rotation; no test image, no patch from another dataset). In every family the best form was the only one tied
+# with itself: early steps, no normalisation, Gaussian smoothing σ = 3 (the grid's largest). Mean validation pixel
+# AUROC: DiffPath 0.958, DiffPathV2 0.943 (SSIM on; w = 1 + 0.5D), variant 0.944. tests/test_maps.py checks these.
+DEFAULT_MAPS = {
+    "DiffPath": MapForm("eps", "none", 0.0, "early", "none", 3.0),
+    "DiffPathV2": MapForm("score", "amplify", 0.5, "early", "none", 3.0),
+    "variant": MapForm("score", "none", 0.0, "early", "none", 3.0),
+}
+
+
+@dataclass
+class AnomalyMaps:
+    """Anomaly maps (higher = more anomalous): ``maps`` (N, H, W) at the model's size; ``original``, for images
+    read from files, each map resized (bilinear) to its file's own height and width, else None."""
+
+    maps: np.ndarray
+    form: MapForm
+    original: list[np.ndarray] | None = None
+
+    @classmethod
+    def of(cls, maps: np.ndarray, images, form: MapForm) -> "AnomalyMaps":
+        sizes = images.meta.get("sizes") if isinstance(images, ImageSet) else None
+        original = None
+        if sizes:
+            import torch.nn.functional as F
+
+            original = [F.interpolate(torch.as_tensor(m, dtype=torch.float32)[None, None], size=tuple(hw),
+                                      mode="bilinear", align_corners=False)[0, 0].numpy()
+                        for m, hw in zip(maps, sizes)]
+        return cls(maps, form, original)
+
+    def __len__(self) -> int:
+        return len(self.maps)
 
 Images = ImageSet | torch.Tensor | np.ndarray
 
@@ -61,15 +101,15 @@ class _TrajectoryDetector:
     def __init__(self, model: DiffusionModel | Extraction | str = "fashion_mnist", *, k: int = 10,
                  clip: bool = True, precision: str = "fp32", batch_size: int = 64, cache_dir=None,
                  device="auto", progress: bool = True, detector=None, density: str = "compact", network=None,
-                 noise_seed: int = 0):
+                 noise_seed: int = 0, map_form: MapForm | None = None):
         self.model, self.k, self.clip, self.precision = model, k, clip, precision
+        self.map_form = map_form  # None: the method's default map (chosen on the maps' validation protocol)
         self.batch_size, self.cache_dir, self.device, self.progress = batch_size, cache_dir, device, progress
         self.detector, self.density = detector, density
         self.network, self.noise_seed = network, noise_seed
 
     detector_kind = "gmm"
-    # parameters that change where or how fast the work runs, never a score
-    _RUN_ONLY = frozenset({"batch_size", "cache_dir", "device", "progress"})
+    map_family = "DiffPathV2"  # which family of anomaly maps (maps.map_candidates) the default map comes from
 
     @property
     def readings(self) -> tuple[str, ...]:
@@ -113,7 +153,7 @@ class _TrajectoryDetector:
 
     def _scoring_params(self) -> dict:
         """What decides the scores given the statistics: the non-extraction parameters and the density's token."""
-        not_scoring = {*self._extraction_settings(), "model", "device", "detector", "density"}
+        not_scoring = {*self._extraction_settings(), "model", "device", "detector", "density", "map_form"}
         scoring = {k: v for k, v in self.get_params().items() if k not in not_scoring}
         return {**scoring, "density": self.new_density().token()}
 
@@ -138,6 +178,7 @@ class _TrajectoryDetector:
         self.detector_ = detector
         self.fitted_scoring_ = self._scoring_params()
         self.fitted_extraction_ = None  # statistics given: what extracted them is not known here
+        self.map_reference_ = None      # nor the ID images' per-pixel map moments (fit(images) keeps them)
         return self
 
     def score_statistics(self, stats: dict[str, np.ndarray]) -> np.ndarray:
@@ -194,19 +235,50 @@ class _TrajectoryDetector:
         return self.features_from_statistics(self.path_statistics(images))
 
     def fit(self, images: Images):
-        """Fit the density on ID training images (features computed or read from the cache)."""
+        """Fit the density on ID training images (features computed or read from the cache), and keep the ID
+        images' per-pixel map moments for :meth:`anomaly_maps`, from the same trajectories."""
         extraction = self.extraction()
-        self.fit_statistics(extraction.statistics(images, self.readings))
+        stats = extraction.statistics(images, self.readings + ("mapref",))
+        self.fit_statistics(stats)
+        self.map_reference_ = MapReference.from_totals(stats)
         self.fitted_extraction_ = self._extraction_identity(extraction)
         return self
 
     def score_samples(self, images: Images) -> np.ndarray:
         """Log-likelihood of each image's features under the ID density (higher = more ID)."""
+        return self.score_statistics(self._checked_extraction().statistics(images, self.readings))
+
+    def _checked_extraction(self) -> Extraction:
+        """The extraction to score with, after checking the detector is fitted with the settings it has now."""
         self._check_fitted(self._scoring_params(), getattr(self, "fitted_scoring_", None))
         extraction = self.extraction()
         if getattr(self, "fitted_extraction_", None) is not None:
             self._check_fitted(self._extraction_identity(extraction), self.fitted_extraction_)
-        return self.score_statistics(extraction.statistics(images, self.readings))
+        return extraction
+
+    # -- anomaly maps: where in the image
+    @property
+    def map_form_(self) -> MapForm:
+        """The map form in use: ``map_form`` if given, else the method's default."""
+        return self.map_form if self.map_form is not None else DEFAULT_MAPS[self.map_family]
+
+    def anomaly_maps(self, images: Images) -> "AnomalyMaps":
+        """Per-pixel anomaly maps of ``images`` (higher = more anomalous), normalised against the ID-train images
+        given to :meth:`fit`: (N, H, W) at the model's size, and for folder images each map resized to its file's
+        own size too (``AnomalyMaps.original``)."""
+        return self.score_and_maps(images, scores=False)[1]
+
+    def score_and_maps(self, images: Images, scores: bool = True) -> tuple[np.ndarray | None, "AnomalyMaps"]:
+        """Scores (as :meth:`score_samples`) and anomaly maps (as :meth:`anomaly_maps`) from one trajectory per
+        image."""
+        if getattr(self, "map_reference_", None) is None:
+            raise RuntimeError(f"{type(self).__name__} has no map reference: fit it on ID images with fit(images) "
+                               "(fit_statistics keeps no per-pixel moments)")
+        extraction = self._checked_extraction()
+        readings = (self.readings if scores else ()) + ("maps",)
+        stats = extraction.statistics(images, readings)
+        maps = anomaly_maps(stats["map_sums"], self.map_form_, self.map_reference_)
+        return (self.score_statistics(stats) if scores else None), AnomalyMaps.of(maps, images, self.map_form_)
 
 
 class DiffPath(_TrajectoryDetector):
@@ -223,6 +295,8 @@ class DiffPath(_TrajectoryDetector):
     def _check_params(self) -> None:
         if self.variant not in ("1d", "6d"):
             raise ValueError(f"DiffPath variant must be '1d' or '6d', got {self.variant!r}")
+
+    map_family = "DiffPath"
 
     @property
     def detector_kind(self) -> str:
@@ -282,6 +356,8 @@ class DiffPathV2Variant(_TrajectoryDetector):
         if not isinstance(self.formulation, VariantFormulation):
             raise TypeError(f"DiffPathV2Variant takes a VariantFormulation, got {type(self.formulation).__name__}")
 
+    map_family = "variant"
+
     @property
     def detector_kind(self) -> str:
         return "kde" if self.formulation.dims == "1d" else "gmm"
@@ -310,3 +386,37 @@ class BorderMean(_TrajectoryDetector):
 
     def features_from_statistics(self, stats):
         return np.asarray(stats["border_mean"], dtype=np.float64)[:, None]
+
+
+class PixelPCA:
+    """Trivial baseline: a density on raw pixels. The ID-train images, flattened, are reduced by PCA to at most
+    ``components`` whitened dimensions (fewer when there are fewer images), and a Gaussian mixture on them is
+    chosen by the same cross-validation as every method's (:mod:`detectors`). No diffusion model is involved:
+    it shows what the trajectory adds over the pixels themselves."""
+
+    name = "Pixel PCA"
+
+    def __init__(self, components: int = 32, density: str = "compact", seed: int = 0):
+        self.components, self.density, self.seed = components, density, seed
+
+    @staticmethod
+    def _pixels(images: Images) -> np.ndarray:
+        x = images.images if isinstance(images, ImageSet) else images
+        x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        return x.reshape(len(x), -1).astype(np.float64)
+
+    def fit(self, images: Images) -> "PixelPCA":
+        from sklearn.decomposition import PCA
+
+        x = self._pixels(images)
+        n = min(self.components, len(x) // 2, x.shape[1])
+        self.pca_ = PCA(n_components=max(1, n), whiten=True, random_state=self.seed).fit(x)
+        self.detector_ = density_model("gmm", self.density).fit(self.pca_.transform(x))
+        return self
+
+    def score_samples(self, images: Images) -> np.ndarray:
+        """Log-likelihood under the density of the ID-train pixels' PCA coefficients (higher = more ID)."""
+        return self.detector_.score_samples(self.pca_.transform(self._pixels(images)))
+
+    def describe(self) -> str:
+        return f"PCA to {self.pca_.n_components_} whitened dimensions; {self.detector_.describe()}"

@@ -10,9 +10,9 @@ from math import comb
 
 import numpy as np
 
-from .statistics import ERROR_MAPS, READINGS, SSIM_PAIRS
+from .statistics import ERROR_MAPS, SSIM_PAIRS
 
-PF_READINGS, PF_ERRORS, PF_PAIRS = READINGS, ERROR_MAPS, SSIM_PAIRS  # the paper form's switch values
+PF_READINGS, PF_ERRORS, PF_PAIRS = ("path", "fresh"), ERROR_MAPS, SSIM_PAIRS  # the paper form's switch values
 
 # ----------------------------------------------------------------------------- DiffPath (baseline)
 

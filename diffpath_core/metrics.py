@@ -137,3 +137,79 @@ def paired_difference(pairs_a: list[tuple], pairs_b: list[tuple], n_boot: int = 
     low, high = interval(diff, level)
     return {"difference": observed, "low": low, "high": high, "share_a_ahead": float(np.mean(diff > 0)),
             "n_pairs": len(pairs_a), "n_boot": n_boot, "seed": seed, "resample_pairs": resample_pairs}
+
+
+# ----------------------------------------------------------------------------- anomaly maps
+
+def pixel_auroc(maps, masks) -> float:
+    """AUROC of anomalous pixels against normal ones over every pixel of every image (anomalib's pixel AUROC;
+    higher map value = more anomalous)."""
+    maps, masks = np.asarray(maps, dtype=np.float64).ravel(), np.asarray(masks, dtype=bool).ravel()
+    return auroc(maps[masks], maps[~masks])
+
+
+def image_auroc(defective_maps, clean_maps) -> float:
+    """AUROC of each image's map maximum, defective images against clean ones."""
+    top = lambda m: np.asarray(m, dtype=np.float64).reshape(len(m), -1).max(axis=1)  # noqa: E731
+    return auroc(top(defective_maps), top(clean_maps))
+
+
+def pro_curve(maps, masks) -> tuple[np.ndarray, np.ndarray]:
+    """The per-region overlap curve of MVTec AD (Bergmann et al. 2021), as anomalib computes AUPRO.
+
+    Regions are the connected components (8-connected) of each image's mask. At a threshold t the false positive
+    rate is the share of all normal pixels at or above t, and the PRO the mean over regions of the share of the
+    region's pixels at or above t. Thresholds run over every distinct normal-pixel score (plus one above them
+    all), so the curve is exact. Returns (FPR, PRO), FPR increasing.
+    """
+    from scipy import ndimage
+
+    maps, masks = np.asarray(maps, dtype=np.float64), np.asarray(masks, dtype=bool)
+    normal = np.sort(maps[~masks])[::-1]
+    if normal.size == 0:
+        raise ValueError("AUPRO needs normal pixels")
+    regions = []
+    for m, mask in zip(maps, masks):
+        labelled, count = ndimage.label(mask, structure=np.ones((3, 3)))
+        regions += [np.sort(m[labelled == r]) for r in range(1, count + 1)]
+    if not regions:
+        raise ValueError("AUPRO needs at least one anomalous region")
+    thresholds = np.r_[np.inf, np.unique(normal)[::-1]]
+    fpr = np.searchsorted(-normal, -thresholds, side="right") / normal.size  # share of normal ≥ t
+    pro = np.mean([(r.size - np.searchsorted(r, thresholds, side="left")) / r.size for r in regions], axis=0)
+    pro[0] = np.mean([np.mean(r > normal[0]) for r in regions])  # just above every normal pixel: FPR 0
+    return fpr, pro
+
+
+def aupro(maps, masks, fpr_limit: float = 0.3) -> float:
+    """Area under the PRO curve up to ``fpr_limit`` (linear interpolation at the limit), divided by the limit:
+    1 is perfect, and a map with no information scores about ``fpr_limit / 2``."""
+    fpr, pro = pro_curve(maps, masks)
+    keep = fpr <= fpr_limit
+    x, y = fpr[keep], pro[keep]
+    if x[-1] < fpr_limit and keep.sum() < len(fpr):
+        nxt = int(keep.sum())
+        y_end = np.interp(fpr_limit, [fpr[nxt - 1], fpr[nxt]], [pro[nxt - 1], pro[nxt]])
+        x, y = np.r_[x, fpr_limit], np.r_[y, y_end]
+    return float(np.trapezoid(y, x) / fpr_limit)
+
+
+def pixel_auroc_samples(maps, masks, n_boot: int = 200, seed: int = BOOT_SEED) -> np.ndarray:
+    """Pixel AUROC of ``n_boot`` bootstrap resamples of the images (each image's pixels go with it), exact with
+    ties: the images are the independent units, not the pixels."""
+    maps, masks = np.asarray(maps, dtype=np.float64), np.asarray(masks, dtype=bool)
+    n = len(maps)
+    image_of = np.repeat(np.arange(n), maps[0].size)
+    flat, positive = maps.ravel(), masks.ravel()
+    values, groups = np.unique(flat, return_inverse=True)
+    g_pos, g_neg, i_pos, i_neg = groups[positive], groups[~positive], image_of[positive], image_of[~positive]
+    rng = np.random.default_rng(seed)
+    out = np.empty(n_boot)
+    for b in range(n_boot):
+        w_image = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
+        w_pos, w_neg = w_image[i_pos], w_image[i_neg]
+        per_value = np.bincount(g_neg, weights=w_neg, minlength=values.size)
+        below = np.cumsum(per_value) - per_value
+        total = w_pos.sum() * w_neg.sum()
+        out[b] = (w_pos * (below[g_pos] + 0.5 * per_value[g_pos])).sum() / total if total else np.nan
+    return out

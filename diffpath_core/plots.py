@@ -192,3 +192,68 @@ def lines(table, xlabel: str, ylabel: str, title: str):
     ax.set_title(title)
     ax.legend(fontsize=8)
     return fig
+
+
+def _image_for_display(image: torch.Tensor | None, source_file=None) -> np.ndarray:
+    """An (H, W) or (H, W, 3) array in [0, 1]: the file as decoded, or a model-range (C, H, W) image."""
+    if source_file is not None:
+        from .datasets import decode_image
+
+        return decode_image(source_file)
+    img = ((image.detach().cpu().float() + 1) / 2).clamp(0, 1)
+    return img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
+
+
+def overlay_figure(image, anomaly_map: np.ndarray, source_file=None, mask=None, title: str | None = None):
+    """Input, anomaly map over it, and (if given) the defect mask: one figure with a labelled colour bar."""
+    plt = _plt()
+    picture = _image_for_display(image, source_file)
+    panels = 3 if mask is not None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(2.6 * panels + 0.6, 2.8))
+    grey = dict(cmap="gray", vmin=0, vmax=1) if picture.ndim == 2 else {}
+    axes[0].imshow(picture, **grey)
+    axes[0].set_title("input", fontsize=9)
+    axes[1].imshow(picture, **grey)
+    shown = axes[1].imshow(anomaly_map, cmap="inferno", alpha=0.6,
+                           extent=(-0.5, picture.shape[1] - 0.5, picture.shape[0] - 0.5, -0.5))
+    axes[1].set_title("anomaly map", fontsize=9)
+    fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.04, label="anomaly (higher = more)")
+    if mask is not None:
+        axes[2].imshow(np.asarray(mask), cmap="gray", vmin=0, vmax=1)
+        axes[2].set_title("defect mask", fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def save_overlay(image, anomaly_map: np.ndarray, path, source_file=None, mask=None, title: str | None = None) -> None:
+    """:func:`overlay_figure` written to ``path`` (PNG) and closed."""
+    plt = _plt()
+    fig = overlay_figure(image, anomaly_map, source_file, mask, title)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def defect_grid(rows: dict[str, tuple], title: str | None = None):
+    """For each defect kind (a row label): (images, masks, maps), shown as input / mask / map for a few examples."""
+    plt = _plt()
+    n = min(len(v[0]) for v in rows.values())
+    fig, axes = plt.subplots(len(rows), 3 * n, figsize=(1.15 * 3 * n, 1.25 * len(rows)), squeeze=False)
+    for r, (label, (images, masks, maps)) in enumerate(rows.items()):
+        for i in range(n):
+            _show(axes[r, 3 * i], images[i])
+            axes[r, 3 * i + 1].imshow(np.asarray(masks[i]), cmap="gray", vmin=0, vmax=1)
+            axes[r, 3 * i + 2].imshow(np.asarray(maps[i]), cmap="inferno")
+            for j, name in enumerate(("input", "mask", "map")):
+                ax = axes[r, 3 * i + j]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if r == 0:
+                    ax.set_title(name, fontsize=8)
+        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    if title:
+        fig.suptitle(title)
+    return fig

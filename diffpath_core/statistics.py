@@ -24,7 +24,12 @@ import torch
 from .trajectory import NoisedEstimates, Step, Trajectory, inversion_steps, noised_steps
 
 STATS_VERSION = "pathstats-v4"  # bump when PathStatistics changes: old cache entries then miss
-READINGS = ("path", "fresh")    # "path": the DDIM inversion (every method); "fresh": forward-noised copies
+READINGS = ("path", "fresh", "maps", "mapref")  # what one extraction can produce (see PASSES)
+# "path": statistics of the DDIM inversion (every method); "fresh": of forward-noised copies (DiffPathV2's other
+# reading of "true noise"); "maps": per-pixel sums for anomaly maps; "mapref": their moments over a set (the
+# reference a map is normalised by). Readings of one pass share its network evaluations.
+PASSES = {"path": "path", "maps": "path", "mapref": "path", "fresh": "fresh"}
+TOTALS = ("mapref",)  # readings whose rows are sums over a batch, not one row per image
 ERROR_MAPS = ("score", "eps")   # the score error r_k, or the raw ε_k (an ablation)
 SSIM_PAIRS = ("image", "noise")  # D from SSIM(x0, x̂0_k), or from SSIM(ε̃_k, ε_k)
 
@@ -187,8 +192,8 @@ class PathStatistics:
     def _record(self, name: str, value: torch.Tensor) -> None:
         self.per_step.setdefault(name, []).append(value)
 
-    def add(self, step: Step) -> None:
-        """Fold one step in (steps in order, 0 … K−1)."""
+    def add(self, step: Step) -> tuple:
+        """Fold one step in (steps in order, 0 … K−1); returns (r, D, ε, x̂0) of the step for other accumulators."""
         eps, x0_hat = step.eps.float(), step.x0_hat.float()
         r = self.snr_sqrt[step.index] * (self.x0 - x0_hat)
         d_image = dissimilarity(self.x0, x0_hat)
@@ -217,6 +222,7 @@ class PathStatistics:
                 rates = {pair: self.k * (b - bs_prev[pair]) for pair, b in bs.items()}
                 self._add_power_sums(f"pf_{self.reading}_{err}_", "d", self.k * (e - e_prev), rates)
         self.previous = current  # current["eps"][0] is ε_k itself
+        return r, d_image, eps, x0_hat
 
     def _add_power_sums(self, prefix: str, kind: str, a: torch.Tensor, bs: dict[str, torch.Tensor]) -> None:
         for (pair, p, j), value in _power_sums(a, bs).items():
@@ -273,14 +279,97 @@ def reading_statistics(model, x: torch.Tensor, reading: str = "path", k: int = 1
     ``reading="path"``: the DDIM inversion; ``"fresh"``: K forward-noised copies (noise seeded by image content
     and ``noise_seed``).
     """
+    return batch_readings(model, x, (check_reading(reading),), k, clip, precision, network, noise_seed)[reading]
+
+
+def batch_readings(model, x: torch.Tensor, readings, k: int = 10, clip: bool = True, precision: str = "fp32",
+                   network=None, noise_seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+    """Every requested reading of one batch, {reading: statistics}; readings of one pass (:data:`PASSES`) share
+    its K network evaluations, so statistics and anomaly-map sums of the same images cost one trajectory."""
+    readings = tuple(dict.fromkeys(check_reading(r) for r in readings))
+    out: dict[str, dict[str, torch.Tensor]] = {}
     with torch.inference_mode():
-        if check_reading(reading) == "path":
-            steps = inversion_steps(model, x, k, clip, precision, network)
+        if any(PASSES[r] == "path" for r in readings):
+            stats = maps = None
+            for step in inversion_steps(model, x, k, clip, precision, network):
+                if stats is None and "path" in readings:
+                    stats = PathStatistics(model.schedule(k), x.to(step.x.device), "path")
+                if maps is None and ("maps" in readings or "mapref" in readings):
+                    maps = MapSums(model.schedule(k), x.to(step.x.device))
+                shared = stats.add(step) if stats is not None else None
+                if maps is not None:
+                    maps.add(step, shared)
+            if stats is not None:
+                out["path"] = stats.result()
+            if maps is not None:
+                out.update({r: maps.result(r) for r in ("maps", "mapref") if r in readings})
+        if "fresh" in readings:
+            acc = None
+            for step in noised_steps(model, x, k, clip, precision, network, noise_seed):
+                if acc is None:
+                    acc = PathStatistics(model.schedule(k), x.to(step.x.device), "fresh")
+                acc.add(step)
+            out["fresh"] = acc.result()
+    return out
+
+
+# ----------------------------------------------------------------------------- anomaly-map sums
+
+MAP_QUANTITIES = ("score", "score_ssim", "recon", "ssim", "eps", "deps")
+MAP_GROUPS = ("early", "late")  # steps k < K/2 (little noise added), and the rest
+
+
+def map_index(quantity: str, group: str) -> int:
+    """Where a quantity of a step group sits among the :data:`MAP_QUANTITIES` × :data:`MAP_GROUPS` map sums."""
+    return MAP_GROUPS.index(group) * len(MAP_QUANTITIES) + MAP_QUANTITIES.index(quantity)
+
+
+class MapSums:
+    """Per-pixel sums over the steps of each group, channel-averaged, of what anomaly maps are made of:
+
+        score       |r_k|                 the score error
+        score_ssim  D_k |r_k|             its SSIM-weighted part (w = 1 + λD gives score + λ score_ssim)
+        recon       |x0 − x̂0_k|          the reconstruction error (r_k without the √(ᾱ/(1−ᾱ)) weight)
+        ssim        D_k                   the SSIM dissimilarity of x0 and x̂0_k
+        eps         |ε_k|                 DiffPath's noise estimate
+        deps        |K (ε_k − ε_k−1)|     its rate of change (from the second step on)
+
+    for the early and late steps: (B, 12, H, W). Folded in step by step like :class:`PathStatistics`, from the same
+    maps when both run. ``result("maps")`` gives the sums of each image (float16: maps need three digits);
+    ``result("mapref")`` their count, sum and sum of outer products over the batch (float64), from which a set's
+    per-pixel mean and covariance follow (:mod:`diffpath_core.maps`).
+    """
+
+    def __init__(self, schedule, x0: torch.Tensor):
+        self.k, self.x0 = schedule.k, x0.float()
+        self.snr_sqrt = schedule.coefficients(self.x0.device)["snr_sqrt"]
+        b, _, h, w = x0.shape
+        self.sums = torch.zeros(b, len(MAP_QUANTITIES) * len(MAP_GROUPS), h, w, device=x0.device)
+        self.previous_eps: torch.Tensor | None = None
+
+    def add(self, step: Step, shared: tuple | None = None) -> None:
+        """Fold one step in; ``shared`` = (r, D, ε, x̂0) when :class:`PathStatistics` has computed them already."""
+        if shared is None:
+            eps, x0_hat = step.eps.float(), step.x0_hat.float()
+            r = self.snr_sqrt[step.index] * (self.x0 - x0_hat)
+            d = dissimilarity(self.x0, x0_hat)
         else:
-            steps = noised_steps(model, x, k, clip, precision, network, noise_seed)
-        acc = None
-        for step in steps:
-            if acc is None:
-                acc = PathStatistics(model.schedule(k), x.to(step.x.device), reading)
-            acc.add(step)
-        return acc.result()
+            r, d, eps, x0_hat = shared
+        group = MAP_GROUPS[0] if step.index < self.k / 2 else MAP_GROUPS[1]
+        abs_r = r.abs().mean(1)
+        d = d[:, 0]
+        parts = {"score": abs_r, "score_ssim": d * abs_r, "recon": (self.x0 - x0_hat).abs().mean(1), "ssim": d,
+                 "eps": eps.abs().mean(1)}
+        if self.previous_eps is not None:
+            parts["deps"] = (self.k * (eps - self.previous_eps)).abs().mean(1)
+        for quantity, value in parts.items():
+            self.sums[:, map_index(quantity, group)] += value
+        self.previous_eps = eps
+
+    def result(self, reading: str) -> dict[str, torch.Tensor]:
+        if reading == "maps":
+            return {"map_sums": self.sums.half()}
+        a = self.sums.double()
+        return {"map_n": torch.tensor([a.shape[0]], dtype=torch.float64, device=a.device),
+                "map_s1": a.sum(0, keepdim=True),
+                "map_s2": torch.einsum("bihw,bjhw->ijhw", a, a)[None]}

@@ -1,0 +1,182 @@
+"""Anomaly maps: the defects they are judged on, the maps themselves, the metrics, the command and the defaults."""
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import ndimage
+from sklearn.metrics import roc_auc_score
+
+from diffpath_core import DiffPathV2, Extraction, load_dataset
+from diffpath_core.api import DEFAULT_MAPS
+from diffpath_core.cli import main
+from diffpath_core.datasets.defects import CHANGED, DEFECT_KINDS, make_defects
+from diffpath_core.maps import MapForm, MapReference, anomaly_maps, map_candidates
+from diffpath_core.metrics import aupro, image_auroc, pixel_auroc
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ----------------------------------------------------------------------------- defects
+
+@pytest.mark.parametrize("kind", DEFECT_KINDS)
+def test_defects_are_local_seeded_and_masked_exactly(kind):
+    clean = load_dataset("fashion_mnist", "test", limit=12, seed=0).images
+    a, b = make_defects(clean, kind, seed=1), make_defects(clean, kind, seed=1)
+    assert torch.equal(a.images, b.images) and torch.equal(a.masks, b.masks), "seeded"
+    changed = (a.images - clean).abs().amax(1) > CHANGED
+    assert torch.equal(a.masks, changed), "the mask is the changed pixels"
+    assert a.masks.any(dim=(1, 2)).float().mean() >= 0.5, "most images get a visible defect"
+    assert a.masks.float().mean() < 0.2, "defects are local"
+    assert float(a.images.min()) >= -1 and float(a.images.max()) <= 1
+    assert not torch.equal(make_defects(clean, kind, seed=2).images, a.images)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def _regions_example():
+    rng = np.random.default_rng(0)
+    maps = np.round(rng.normal(size=(6, 12, 12)), 1)
+    masks = np.zeros((6, 12, 12), bool)
+    masks[0, 2:5, 2:5] = True
+    masks[1, 6:9, 1:3] = True
+    masks[1, 0:2, 9:12] = True
+    masks[3, 5:10, 5:7] = True
+    maps[masks] += 1.0
+    return maps, masks
+
+
+def test_pixel_metrics_match_independent_computations():
+    """Pixel AUROC against scikit-learn; AUPRO against MVTec AD's definition written out threshold by threshold
+    (regions = 8-connected components, FPR over normal pixels, area up to FPR 0.3 divided by 0.3)."""
+    maps, masks = _regions_example()
+    assert pixel_auroc(maps, masks) == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-12)
+    normal = maps[~masks]
+    regions = [(m, lab == r) for m, k in zip(maps, masks)
+               for lab, count in [ndimage.label(k, structure=np.ones((3, 3)))] for r in range(1, count + 1)]
+    assert len(regions) == 4
+    curve = {0.0: np.mean([np.mean(m[r] > normal.max()) for m, r in regions])}
+    for t in np.unique(maps):
+        fpr = np.mean(normal >= t)
+        curve[fpr] = max(curve.get(fpr, 0.0), np.mean([np.mean(m[r] >= t) for m, r in regions]))
+    x = np.array(sorted(curve))
+    y = np.array([curve[v] for v in x])
+    inside = x <= 0.3
+    y_end = np.interp(0.3, x, y)
+    expected = np.trapezoid(np.r_[y[inside], y_end], np.r_[x[inside], 0.3]) / 0.3
+    assert aupro(maps, masks) == pytest.approx(expected, abs=1e-12)
+    perfect = np.where(masks, 10.0, 0.0) + 0.01 * np.random.default_rng(1).random(masks.shape)
+    assert aupro(perfect, masks) == pytest.approx(1.0) and pixel_auroc(perfect, masks) == 1.0
+    assert image_auroc(maps[:3] + 5, maps[3:]) == 1.0
+
+
+# ----------------------------------------------------------------------------- maps
+
+def test_z_scored_map_matches_an_explicit_per_pixel_reference(tiny_model, tiny_images):
+    """The reference keeps sums and outer products; a z-scored or divided map must equal the one computed from the
+    reference images' own maps, pixel by pixel."""
+    ex = Extraction(tiny_model, k=3, progress=False)
+    ref_images, test_images = tiny_images[:16], tiny_images[16:]
+    reference = MapReference.from_totals(ex.statistics(ref_images, "mapref"))
+    ref_sums = ex.statistics(ref_images, "maps")["map_sums"].astype(np.float64)
+    test_sums = ex.statistics(test_images, "maps")["map_sums"]
+    for form in (MapForm("score", "amplify", 2.0, "all", "z"), MapForm("recon", steps="early", normalise="ratio")):
+        raw = np.einsum("i,nihw->nhw", form.coefficients(), ref_sums)
+        mean, std = raw.mean(0), raw.std(0)
+        scale = std if form.normalise == "z" else mean
+        scale = np.maximum(scale, np.median(scale))
+        test_raw = np.einsum("i,nihw->nhw", form.coefficients(), test_sums.astype(np.float64))
+        expected = (test_raw - mean) / scale if form.normalise == "z" else test_raw / scale
+        np.testing.assert_allclose(anomaly_maps(test_sums, form, reference), expected, rtol=2e-3, atol=2e-3)
+
+
+def test_maps_shape_determinism_one_pass_and_a_planted_square(tmp_path):
+    """On the shipped model: maps are (N, H, W) and the same twice; scores and maps come from one trajectory per
+    image; a bright square planted on the dark background is where the map peaks."""
+    train = load_dataset("fashion_mnist", "train", limit=60, seed=0)
+    test = load_dataset("fashion_mnist", "test", limit=6, seed=0).images.clone()
+    test[:, :, 2:8, 2:8] = 1.0  # a bright 6×6 square in the top-left corner, where garments rarely reach
+    det = DiffPathV2("fashion_mnist", k=10, progress=False, cache_dir=tmp_path).fit(train)
+    calls = []
+    real = Extraction.batch_statistics
+
+    def counted(self, x, reading="path"):
+        calls.append((len(x), reading))
+        return real(self, x, reading)
+
+    Extraction.batch_statistics = counted
+    try:
+        scores, maps = det.score_and_maps(test)
+    finally:
+        Extraction.batch_statistics = real
+    assert [n for n, _ in calls] == [6] and set(calls[0][1]) == {"path", "maps"}, "one pass for both"
+    assert maps.maps.shape == (6, 32, 32) and maps.original is None
+    np.testing.assert_array_equal(det.anomaly_maps(test).maps, maps.maps)
+    np.testing.assert_allclose(scores, det.score_samples(test))
+    for m in maps.maps:
+        y, x = np.unravel_index(np.argmax(m), m.shape)
+        assert 1 <= y <= 8 and 1 <= x <= 8, (y, x)
+
+
+def test_maps_need_a_fit_with_images(tiny_model, tiny_images):
+    det = DiffPathV2(tiny_model, k=2, progress=False)
+    det.fit_statistics(Extraction(tiny_model, k=2, progress=False).statistics(tiny_images))
+    with pytest.raises(RuntimeError, match="no map reference"):
+        det.anomaly_maps(tiny_images)
+
+
+def test_map_families_keep_their_promises():
+    assert all(f.weight != "none" for f in map_candidates("DiffPathV2")), "DiffPathV2's map keeps SSIM weighting on"
+    assert {f.quantity for f in map_candidates("DiffPath")} == {"eps", "deps"}
+    first = map_candidates("variant")[0]
+    assert (first.normalise, first.smooth, first.steps) == ("none", 0.0, "all"), "simplest first"
+
+
+def test_defaults_are_the_map_protocols_choice():
+    from diffpath_core.validation import chosen_map_forms
+
+    with open(ROOT / "data" / "reference" / "map_selection.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["family"] for r in rows} == {"DiffPath", "DiffPathV2", "score error, SSIM off", "variant"}
+    assert chosen_map_forms(rows) == DEFAULT_MAPS
+
+
+# ----------------------------------------------------------------------------- the command
+
+def _pngs(folder, n, seed, size=16):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        a = rng.normal(128, 40, (size + 4 * (i % 2), size)).clip(0, 255).astype(np.uint8)  # two sizes
+        Image.fromarray(a, "L").save(folder / f"img_{i:02d}.png")
+    return folder
+
+
+def test_cli_maps_writes_an_overlay_per_image_and_names_bad_files(tiny_model_dir, tmp_path, capsys):
+    normal, new = _pngs(tmp_path / "normal", 24, 0), _pngs(tmp_path / "new", 5, 1)
+    out = tmp_path / "out"
+    common = ["--model", str(tiny_model_dir), "-k", "2", "--cache-dir", str(tmp_path / "cache"), "--quiet",
+              "--resize"]
+    assert main(["maps", "--id", str(normal), "--images", str(new), "--out", str(out), *common]) == 0
+    rows = list(csv.DictReader(open(out / "maps.csv")))
+    assert [r["image"] for r in rows] == [f"img_{i:02d}" for i in range(5)]
+    for r in rows:
+        with Image.open(out / r["overlay"]) as im:
+            assert im.size[0] > 100, "a figure, not a bare map"
+    assert np.load(out / "maps.npy").shape == (5, 16, 16)
+    (new / "broken.png").write_bytes(b"not a png")
+    assert main(["maps", "--id", str(normal), "--images", str(new), "--out", str(out), *common]) == 2
+    assert "broken.png: unreadable" in capsys.readouterr().err
+
+
+def test_original_sizes_come_back_for_folder_images(tiny_model, tmp_path):
+    from diffpath_core.datasets import load_image_folder
+
+    folder = _pngs(tmp_path / "imgs", 4, 2)
+    images = load_image_folder(folder, size=16, channels=1, resize_images=True)
+    det = DiffPathV2(tiny_model, k=2, progress=False).fit(load_image_folder(_pngs(tmp_path / "ref", 12, 3), size=16,
+                                                                          channels=1, resize_images=True))
+    maps = det.anomaly_maps(images)
+    assert [m.shape for m in maps.original] == [(16, 16), (20, 16), (16, 16), (20, 16)]
