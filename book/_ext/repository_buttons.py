@@ -1,4 +1,7 @@
-"""Repository and launch buttons only when the book's ``repository.url`` is set, pointing at committed notebooks.
+"""Repository and launch buttons only when the book's repository is known, pointing at committed notebooks.
+
+The repository is ``repository.url`` of ``_config.yml``, or else ``$DIFFPATH_REPOSITORY_URL`` (the publishing
+workflow, .github/workflows/book.yml, sets it to the repository it runs in).
 
 jupyter-book fills an unset ``repository.url`` with its own repository's address; this extension treats that
 default and an empty value alike as "no repository": the repository, issue and edit buttons and every launch
@@ -9,20 +12,25 @@ With a URL set, launch links of executed pages (``book/generated/<name>``, built
 at their committed source notebook, ``notebooks/<name>.ipynb``, which runs as it is (parameters default to the
 offline profile, paths are read against the repository root).
 """
+import os
+
 JUPYTER_BOOK_DEFAULT = "https://github.com/executablebooks/jupyter-book"
+REPOSITORY_ENV = "DIFFPATH_REPOSITORY_URL"
 GENERATED, SOURCES = "book/generated/", "notebooks/"
 
 
 def _repository_url(config) -> str:
     url = (config.html_theme_options or {}).get("repository_url", "") or ""
-    return "" if url.rstrip("/") == JUPYTER_BOOK_DEFAULT else url
+    url = "" if url.rstrip("/") == JUPYTER_BOOK_DEFAULT else url
+    return url or os.environ.get(REPOSITORY_ENV, "")
 
 
 def _repository_buttons(app, config):
     """With a repository URL: its button on. Without: every repository and launch button off."""
     options = dict(config.html_theme_options or {})
-    if _repository_url(config):
-        options["use_repository_button"] = True
+    url = _repository_url(config)
+    if url:
+        options.update(repository_url=url, use_repository_button=True)
     else:
         options.update(repository_url="", use_repository_button=False, use_issues_button=False,
                        use_edit_page_button=False, launch_buttons={})
