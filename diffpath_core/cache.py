@@ -34,8 +34,10 @@ def trajectory_settings(k: int, clip: bool, precision: str, reading: str = "path
     existed stay valid; anything else has entries of its own.
     """
     settings = {"k": int(k), "clip": bool(clip), "precision": precision, "stats": STATS_VERSION}
-    if reading != "path":  # the fresh reading also depends on its seed
-        settings.update(reading=reading, noise_seed=int(noise_seed))
+    if reading != "path":
+        settings["reading"] = reading
+    if reading == "fresh":  # the fresh reading also depends on its seed
+        settings["noise_seed"] = int(noise_seed)
     if device_type != "cpu":  # other kernels, other rounding (and TF32 unless precision says fp32)
         settings["device"] = device_type
     if int(chunk_size) != CHUNK_SIZE:
@@ -101,9 +103,13 @@ class CacheEntry:
     def missing(self, chunks) -> list[int]:
         return [i for i in chunks if not self.chunk_path(i).exists()]
 
+    def chunk_lock(self, i: int):
+        """The exclusive lock of chunk ``i``: whoever holds it computes the chunk, others wait and then read it."""
+        return _locked(self.chunks / f"{i:05d}.lock")
+
     def write_chunk(self, i: int, compute: Callable[[], dict[str, np.ndarray]]) -> None:
         """``compute()`` chunk ``i`` under its lock, unless another process wrote it while this one waited."""
-        with _locked(self.chunks / f"{i:05d}.lock"):
+        with self.chunk_lock(i):
             if not self.chunk_path(i).exists():
                 atomic_savez(self.chunk_path(i), compute())
 

@@ -10,10 +10,11 @@ take one, so those settings are written down once::
     bigger = dataclasses.replace(ex, k=20)                          # another value, other cache entries
 
 Only here is a batch split over CPU cores (:func:`runtime.run_sharded`) and the CPU allocator tuned;
-:func:`trajectory.invert` and :func:`statistics.reading_statistics` each see one batch.
+:func:`trajectory.inversion_steps` and :func:`statistics.batch_readings` each see one batch.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -29,8 +30,8 @@ from .errors import InputError
 from .models import DiffusionModel
 from .progress import progress_bar
 from .runtime import cpu_workers, run_sharded, tune_cpu_allocator
-from .statistics import check_reading, reading_statistics, to_numpy
-from .store import concatenate, digest
+from .statistics import PASSES, TOTALS, batch_readings, check_reading, to_numpy
+from .store import atomic_savez, concatenate, digest
 from .trajectory import check_precision
 
 Statistics = dict[str, np.ndarray]
@@ -71,11 +72,17 @@ class Extraction:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
 
+    @property
+    def effective_chunk_size(self) -> int:
+        """Images per cache chunk: ``chunk_size``, or the batch size when that is larger (a chunk holds whole
+        batches: a GPU batch of 1024 is never cut to chunks of 256)."""
+        return max(int(self.chunk_size), int(self.batch_size))
+
     # -- identity
     def settings(self, reading: str = "path") -> dict:
         """Everything besides the model and the images that decides the statistics of ``reading``."""
         settings = trajectory_settings(self.k, self.clip, self.precision, reading, self.noise_seed,
-                                       self.model.device.type, self.chunk_size)
+                                       self.model.device.type, self.effective_chunk_size)
         if self.network is not None:  # another execution of the network: fp32 rounding differs, so its own entry
             settings["network"] = getattr(self.network, "cache_tag", type(self.network).__name__)
         return settings
@@ -97,83 +104,138 @@ class Extraction:
         reading. With ``rank``/``world`` this process computes chunks i ≡ rank (mod world) only, and gets
         ``None`` while its peers' chunks are missing (:mod:`diffpath_core.distributed` waits for them).
         """
-        readings = (readings,) if isinstance(readings, str) else tuple(readings)
+        readings = (readings,) if isinstance(readings, str) else tuple(dict.fromkeys(readings))
         name, identity, x = self._checked(images)
         for reading in readings:  # every reading named correctly before any work
             check_reading(reading)
-        parts = [self._reading(name, identity, x, reading, desc, rank, world) for reading in readings]
-        if any(part is None for part in parts):  # a shard whose peers have not finished
-            return None
-        return {key: value for part in parts for key, value in part.items()}
+        parts: dict[str, Statistics] = {}
+        for family in dict.fromkeys(PASSES[r] for r in readings):  # readings of one pass share its trajectories
+            got = self._readings(name, identity, x, [r for r in readings if PASSES[r] == family], desc, rank, world)
+            if got is None:  # a shard whose peers have not finished
+                return None
+            parts.update(got)
+        return {key: value for reading in readings for key, value in parts[reading].items()}
 
-    def batch_statistics(self, x: torch.Tensor, reading: str = "path") -> Statistics:
-        """One batch's statistics as NumPy arrays; on a CPU the batch is split over cores, network and statistics
-        together (each shard single-threaded), and the allocator is tuned once per process."""
+    def batch_statistics(self, x: torch.Tensor, reading: str | tuple[str, ...] = "path"):
+        """One batch's statistics as NumPy arrays (for a tuple of readings, {reading: statistics}, one pass for the
+        readings that share one); on a CPU the batch is split over cores, network and statistics together (each
+        shard single-threaded), and the allocator is tuned once per process."""
         device = self.model.device
+        if device.type == "cuda" and x.device.type == "cpu":  # pinned host memory: the copy overlaps GPU work
+            x = x.to(torch.float32).pin_memory().to(device, non_blocking=True)
         x = x.to(device=device, dtype=torch.float32)
         if device.type == "cpu":
             tune_cpu_allocator()
+        readings = (reading,) if isinstance(reading, str) else tuple(reading)
 
-        def shard(xb: torch.Tensor) -> Statistics:
-            return to_numpy(reading_statistics(self.model, xb, reading, self.k, self.clip, self.precision,
-                                               self.network, self.noise_seed))
+        def shard(xb: torch.Tensor) -> dict[str, Statistics]:
+            got = batch_readings(self.model, xb, readings, self.k, self.clip, self.precision, self.network,
+                                 self.noise_seed)
+            return {r: to_numpy(stats) for r, stats in got.items()}
 
-        return concatenate(run_sharded(shard, x, cpu_workers(device, x.shape[0])))
+        parts = run_sharded(shard, x, cpu_workers(device, x.shape[0]))
+        merged = {r: concatenate([p[r] for p in parts]) for r in readings}
+        return merged[reading] if isinstance(reading, str) else merged
 
     # -- internals
-    def _checked(self, images) -> tuple[str, str, torch.Tensor]:
-        if isinstance(images, ImageSet):
-            name, identity, x = images.name, images.identity, images.images
-        else:
-            name, identity = "images", None
-            x = torch.from_numpy(images) if isinstance(images, np.ndarray) else images
-        x = check_images(torch.as_tensor(x), f"dataset {name!r}")
+    def _checked(self, images) -> tuple[str, str, ImageSet]:
+        """The images as an :class:`ImageSet` (a tensor or array is checked whole, here; a set's images are
+        checked batch by batch as they are produced, and not produced at all when the cache has them)."""
+        if not isinstance(images, ImageSet):
+            x = torch.from_numpy(images) if isinstance(images, np.ndarray) else torch.as_tensor(images)
+            x = check_images(x, "dataset 'images'")
+            images = ImageSet("images", "given", x, None, tensor_identity(x))
+        name = images.name
         m = self.model
-        if x.shape[1] != m.in_channels or tuple(x.shape[-2:]) != (m.image_size, m.image_size):
-            raise InputError(f"dataset {name!r}: images are {tuple(x.shape[1:])}, the model expects "
+        if len(images) == 0:
+            raise InputError(f"dataset {name!r}: no images")
+        if tuple(images.image_shape) != (m.in_channels, m.image_size, m.image_size):
+            raise InputError(f"dataset {name!r}: images are {tuple(images.image_shape)}, the model expects "
                              f"{(m.in_channels, m.image_size, m.image_size)}")
-        return name, identity or tensor_identity(x), x
+        return name, images.identity, images
 
-    def _compute(self, x: torch.Tensor, lo: int, hi: int, reading: str) -> Statistics:
-        """Statistics of images [lo, hi), batch by batch, with each image's content hash (overlap checks read it
-        from the cache, so a cached run needs no decoding to find duplicates)."""
-        stats = concatenate([self.batch_statistics(x[start:min(start + self.batch_size, hi)], reading)
-                             for start in range(lo, hi, self.batch_size)])
-        return {**stats, "image_hash": image_hashes(x[lo:hi])}
+    def _compute(self, images: ImageSet, lo: int, hi: int, readings: list[str],
+                 x: torch.Tensor | None = None) -> dict[str, Statistics]:
+        """Every reading of images [lo, hi), batch by batch, in one pass; per-image readings get each image's content
+        hash (overlap checks read it from the cache, so a cached run needs no decoding to find duplicates).
+        ``x``: the images [lo, hi) when they were produced already (prefetched)."""
+        x = check_images(images.batch(lo, hi) if x is None else x, f"dataset {images.name!r}")
+        batches = [self.batch_statistics(x[start:start + self.batch_size], tuple(readings))
+                   for start in range(0, len(x), self.batch_size)]
+        hashes = image_hashes(x)
+        return {r: {**concatenate([b[r] for b in batches]), **({} if r in TOTALS else {"image_hash": hashes})}
+                for r in readings}
 
-    def _reading(self, name: str, identity: str, x: torch.Tensor, reading: str, desc, rank: int,
-                 world: int) -> Statistics | None:
-        entry = (CacheEntry(Path(self.cache_dir) / f"{name}-{self.entry_key(identity, reading)}", len(x),
-                            self.chunk_size) if self.cache_dir is not None else None)
-        label = (desc or f"{name}: K={self.k} trajectories") + ("" if reading == "path" else f" ({reading} noise)")
-        n_chunks = (len(x) + self.chunk_size - 1) // self.chunk_size
+    def _readings(self, name: str, identity: str, images: ImageSet, readings: list[str], desc, rank: int,
+                  world: int) -> dict[str, Statistics] | None:
+        """The readings of one pass: each its own cache entry, the chunks any of them lacks computed once for all.
+        The next chunk's images are produced (decoded) in a background thread while the network works on this one."""
+        n = len(images)
+        label = (desc or f"{name}: K={self.k} trajectories") + "".join(f" ({r})" for r in readings if r != "path")
+        chunk = self.effective_chunk_size
+        n_chunks = (n + chunk - 1) // chunk
         mine = [i for i in range(n_chunks) if i % world == rank]
-        if entry is None:
+        if self.cache_dir is None:
             if world != 1:
                 raise ValueError("sharded extraction needs a cache_dir to merge through")
-            bar = progress_bar(mine, desc=label, unit="chunk", progress=self.progress)
-            return concatenate([self._compute(x, *chunk_bounds(i, self.chunk_size, len(x)), reading) for i in bar])
-        done = entry.load()
-        if done is not None:
-            return done
-        entry.open(self._meta(name, identity, len(x), reading))
-        todo = entry.missing(mine)
+            bar = progress_bar(total=len(mine), desc=label, unit="chunk", progress=self.progress)
+            chunks = []
+            for i, x in _prefetched(images, mine, chunk):
+                chunks.append(self._compute(images, *chunk_bounds(i, chunk, n), readings, x))
+                bar.update(1)
+            bar.close()
+            return {r: concatenate([c[r] for c in chunks]) for r in readings}
+        entries = {r: CacheEntry(Path(self.cache_dir) / f"{name}-{self.entry_key(identity, r)}", n, chunk)
+                   for r in readings}
+        done = {r: entry.load() for r, entry in entries.items()}
+        pending = [r for r in readings if done[r] is None]
+        for r in pending:
+            entries[r].open(self._meta(name, identity, n, r))
+        todo = sorted({i for r in pending for i in entries[r].missing(mine)})
         bar = progress_bar(total=len(mine), initial=len(mine) - len(todo), desc=label, unit="chunk",
                            progress=self.progress)
-        for i in todo:
+        for i, x in _prefetched(images, todo, chunk):
             t0 = time.perf_counter()
-            lo, hi = entry.bounds(i)
-            entry.write_chunk(i, lambda: self._compute(x, lo, hi, reading))
+            lo, hi = chunk_bounds(i, chunk, n)
+            with contextlib.ExitStack() as locks:  # the chunk's lock in every entry, in a fixed order
+                for r in pending:
+                    locks.enter_context(entries[r].chunk_lock(i))
+                need = [r for r in pending if not entries[r].chunk_path(i).exists()]
+                if need:  # another process may have written them while this one waited
+                    computed = self._compute(images, lo, hi, need, x)
+                    for r in need:
+                        atomic_savez(entries[r].chunk_path(i), computed[r])
             bar.update(1)
             bar.set_postfix(img_per_s=f"{(hi - lo) / (time.perf_counter() - t0):.1f}")
         bar.close()
-        return entry.merge()
+        for r in pending:
+            done[r] = entries[r].merge()
+            if done[r] is None:
+                return None
+        return done
 
     def _meta(self, name: str, identity: str, n_images: int, reading: str) -> dict:
-        return {"dataset": name, "identity": identity, "n_images": n_images, "chunk_size": self.chunk_size,
+        return {"dataset": name, "identity": identity, "n_images": n_images, "chunk_size": self.effective_chunk_size,
                 "model": self.model.source, "model_hash": self.model.weights_hash(),
                 "settings": self.settings(reading), "schedule": self.model.schedule(self.k).as_dict(),
                 "torch": torch.__version__}
+
+
+def _prefetched(images: ImageSet, chunks: list[int], chunk_size: int):
+    """(chunk index, its images) for each chunk in order; the next chunk's images are produced in a background
+    thread while the caller works on the current one (decoding overlaps the network)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not chunks:
+        return
+    n = len(images)
+    with ThreadPoolExecutor(1, thread_name_prefix="diffpath-prefetch") as pool:
+        upcoming = pool.submit(images.batch, *chunk_bounds(chunks[0], chunk_size, n))
+        for j, i in enumerate(chunks):
+            x = upcoming.result()
+            if j + 1 < len(chunks):
+                upcoming = pool.submit(images.batch, *chunk_bounds(chunks[j + 1], chunk_size, n))
+            yield i, x
 
 
 def require_extraction(value, caller: str) -> Extraction:

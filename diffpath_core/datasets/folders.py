@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..store import digest
-from .images import ImageSet, convert_channels, decode_image, identity, resize
+from ..store import digest, file_digest
+from .images import FileSource, ImageSet, convert_channels, decode_image, identity, image_header, resize, to_uint8
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 FOLDER_TEST_FRACTION = 0.5  # a folder used as an ID set: this share is held out as its ID-test part
@@ -59,14 +59,18 @@ def folder_split(n: int, split: str | None, seed: int = 0, test_fraction: float 
 def load_image_folder(folder: str | os.PathLike, *, size: int = 32, channels: int = 1,
                       resize_images: bool = False, convert: bool = False, limit: int | None = None,
                       split: str | None = None, seed: int = 0) -> ImageSet:
-    """Image files under ``folder`` (recursive, symlinks followed), decoded by :func:`decode_image`.
+    """Image files under ``folder`` (recursive, symlinks followed), decoded by :func:`decode_image` when needed.
 
     ``split`` None takes every image; "train" / "test" take disjoint parts of a seeded permutation (half held
     out for test), so a folder can serve as an ID set without scoring images its density was fitted on.
     ``limit`` keeps a seeded random sample of that many (after the split). Sizes must equal ``size`` unless
     ``resize_images``; channel counts must equal ``channels`` unless ``convert`` (grey↔RGB). Hidden files
-    (including macOS ``._*``) and files without an image suffix are skipped and counted in ``meta["skipped"]``;
-    every file that cannot be used is named in one :class:`InputError`.
+    (including macOS ``._*``) and files without an image suffix are skipped and counted in ``meta["skipped"]``.
+
+    Nothing is decoded here: every file's header is read and checked (structure, size, channels; every file
+    that cannot be used is named in one :class:`InputError`), and the set's identity is a digest of the files'
+    names and bytes. Pixels are decoded when a range of images is first asked for (in parallel threads, each
+    image kept as uint8 at the model's size), so a run whose statistics are cached decodes nothing.
     """
     root = Path(folder)
     if not root.is_dir():
@@ -80,35 +84,39 @@ def load_image_folder(folder: str | os.PathLike, *, size: int = 32, channels: in
     if limit is not None and limit < len(idx):
         idx = np.sort(np.random.default_rng(seed).choice(idx, size=limit, replace=False))
     files = [files[i] for i in idx]
-    arrays, hashed, problems = [], [], []
+    hashed, problems, sizes = [], [], []
     for path in files:
         try:
-            arr = decode_image(path)
+            (h, w), have = image_header(path)
         except InputError as exc:
             problems.append(str(exc))
             continue
-        have = 1 if arr.ndim == 2 else arr.shape[2]
         if have != channels and not convert:
             problems.append(f"{path}: has {have} channel(s), the model expects {channels}; "
                             "pass convert=True (CLI: --convert-channels) to convert grey/RGB")
             continue
-        if arr.shape[:2] != (size, size) and not resize_images:
-            problems.append(f"{path}: size {arr.shape[1]}×{arr.shape[0]}, the model expects {size}×{size}; "
+        if (h, w) != (size, size) and not resize_images:
+            problems.append(f"{path}: size {w}×{h}, the model expects {size}×{size}; "
                             "pass resize_images=True (CLI: --resize) to resize")
             continue
-        t = torch.from_numpy(arr if arr.ndim == 3 else arr[..., None]).permute(2, 0, 1)[None] * 2.0 - 1.0
-        arrays.append(resize(convert_channels(t, channels, str(path)), size))
-        hashed += [path.relative_to(root).as_posix(), arr]
+        hashed += [path.relative_to(root).as_posix(), file_digest(path)]
+        sizes.append((h, w))
     if problems:
         listed = "\n  ".join(problems[:MAX_NAMED_ERRORS])
         more = f"\n  … and {len(problems) - MAX_NAMED_ERRORS} more" if len(problems) > MAX_NAMED_ERRORS else ""
         raise InputError(f"{root}: {len(problems)} of {len(files)} image file(s) cannot be used:\n  {listed}{more}")
-    images = torch.cat(arrays)
     part = "all" if split is None else split
-    key = identity("folder", digest(*hashed, length=None), size, channels, resize_images, convert, part, seed)
-    return ImageSet(root.name, split or "folder", images, None, key,
+    key = identity("folder-bytes", digest(*hashed, length=None), size, channels, resize_images, convert, part, seed)
+
+    def decode(path: Path) -> torch.Tensor:  # one full-resolution float copy at a time, scaled in place
+        arr = decode_image(path)
+        t = torch.from_numpy(arr if arr.ndim == 3 else arr[..., None]).permute(2, 0, 1)[None].mul_(2.0).sub_(1.0)
+        return to_uint8(resize(convert_channels(t, channels, str(path)), size))[0]
+
+    return ImageSet(root.name, split or "folder", labels=None, identity=key,
                     meta={"files": [p.relative_to(root).as_posix() for p in files], "skipped": skipped,
-                          "n_in_folder": n_all, "split": part, "seed": seed})
+                          "n_in_folder": n_all, "split": part, "seed": seed, "sizes": sizes, "root": str(root)},
+                    source=FileSource(files, decode, channels, size))
 
 
 def folder_summary(images: ImageSet) -> str | None:

@@ -1,12 +1,16 @@
 """Images as the model reads them: (N, C, H, W) float32 in [-1, 1], with an identity naming their bytes.
 
 Every loader returns an :class:`ImageSet` whose ``identity`` names the source bytes and the preprocessing,
-so the feature cache can tell two versions of "the same" dataset apart. Files are decoded by
-:func:`decode_image`'s explicit rules.
+so the feature cache can tell two versions of "the same" dataset apart. Images are produced where they are
+needed, a range at a time (:meth:`ImageSet.batch`): arrays already in memory are converted per batch, files
+are decoded in parallel threads and kept as uint8 at the model's size, never at their full resolution, and a
+set whose statistics are all cached is never decoded at all. Files are decoded by :func:`decode_image`'s
+explicit rules.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -16,20 +20,120 @@ import torch.nn.functional as F
 from ..errors import InputError
 from ..store import digest
 
+DECODE_WORKERS_ENV = "DIFFPATH_DECODE_WORKERS"
 
-@dataclass
-class ImageSet:
-    """Images of one split, ready for the model: ``images`` is (N, C, H, W) float32 in [-1, 1]."""
 
-    name: str
-    split: str
-    images: torch.Tensor
-    labels: np.ndarray | None
-    identity: str
-    meta: dict = field(default_factory=dict)
+def decode_workers() -> int:
+    """Threads that decode image files in parallel: ``$DIFFPATH_DECODE_WORKERS``, else the cores, at most 4 (each
+    holds one full-resolution float copy of its image while resizing: about 50 MB for a 12-megapixel photo)."""
+    return max(1, int(os.environ.get(DECODE_WORKERS_ENV, min(4, os.cpu_count() or 1))))
+
+
+class TensorSource:
+    """Images given as a float tensor in [-1, 1]: held as they are."""
+
+    def __init__(self, images: torch.Tensor):
+        self.images = images
 
     def __len__(self) -> int:
         return len(self.images)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.images.shape[1:])
+
+    def batch(self, lo: int, hi: int) -> torch.Tensor:
+        return self.images[lo:hi]
+
+
+class ArraySource:
+    """uint8 images already in memory at their own size ((N, H, W) or (N, H, W, C)): converted to the model's
+    range, channels and size one batch at a time (antialiased bilinear)."""
+
+    def __init__(self, array: np.ndarray, size: int, channels: int, name: str):
+        self.array, self.size, self.channels, self.name = array, size, channels, name
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.channels, self.size, self.size)
+
+    def batch(self, lo: int, hi: int) -> torch.Tensor:
+        return resize(convert_channels(uint8_to_model_range(self.array[lo:hi]), self.channels, self.name), self.size)
+
+
+class FileSource:
+    """Image files, decoded on demand in parallel threads by ``decode(path) -> (C, H, W) uint8 at the model's
+    size``; each decoded image is kept as uint8 (C·H·W bytes), so memory follows the model's size, not the
+    files'. ``decoded`` counts the files decoded so far (a cached run decodes none)."""
+
+    def __init__(self, paths: list[Path], decode, channels: int, size: int):
+        self.paths, self.decode = list(paths), decode
+        self.pixels = torch.zeros((len(self.paths), channels, size, size), dtype=torch.uint8)
+        self.done = np.zeros(len(self.paths), dtype=bool)
+        self.decoded = 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.pixels.shape[1:])
+
+    def batch(self, lo: int, hi: int) -> torch.Tensor:
+        todo = [i for i in range(lo, hi) if not self.done[i]]
+        if todo:
+            workers = min(decode_workers(), len(todo))
+            if workers > 1:
+                with ThreadPoolExecutor(workers, thread_name_prefix="diffpath-decode") as pool:
+                    decoded = list(pool.map(lambda i: self.decode(self.paths[i]), todo))
+            else:
+                decoded = [self.decode(self.paths[i]) for i in todo]
+            for i, pixels in zip(todo, decoded):
+                self.pixels[i] = pixels
+            self.done[todo] = True
+            self.decoded += len(todo)
+        return self.pixels[lo:hi].float().div(127.5).sub(1.0)
+
+
+class ImageSet:
+    """Images of one split, ready for the model (float32 (N, C, H, W) in [-1, 1]), with labels, an identity
+    naming their bytes and preprocessing, and facts about where they came from (``meta``).
+
+    ``images`` may be given as a tensor; loaders give a ``source`` instead, which produces any range of the
+    images when asked (:meth:`batch`), decoding files only then. ``images`` (the whole set) is for small sets
+    and figures; extraction asks for the chunks it computes.
+    """
+
+    def __init__(self, name: str, split: str, images: torch.Tensor | None = None, labels: np.ndarray | None = None,
+                 identity: str = "", meta: dict | None = None, *, source=None):
+        if (images is None) == (source is None):
+            raise ValueError("an ImageSet takes images or a source, one of the two")
+        self.name, self.split, self.labels, self.identity = name, split, labels, identity
+        self.meta = dict(meta or {})
+        self.source = TensorSource(images) if source is None else source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def batch(self, lo: int, hi: int) -> torch.Tensor:
+        """Images [lo, hi) as float32 in [-1, 1] (files among them decoded now, once)."""
+        return self.source.batch(lo, min(hi, len(self)))
+
+    @property
+    def images(self) -> torch.Tensor:
+        """Every image, as float32 (N, C, H, W) in [-1, 1]."""
+        return self.batch(0, len(self))
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of every image, known without decoding any."""
+        return self.source.shape
+
+    def __repr__(self) -> str:
+        return f"ImageSet({self.name!r}, {self.split!r}, {len(self)} images, identity {self.identity[:8]})"
 
 
 def item_names(images: ImageSet, source: str | None = None) -> list[str]:
@@ -69,6 +173,11 @@ def check_images(images: torch.Tensor, source: str) -> torch.Tensor:
     return images
 
 
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """float images in [-1, 1] → uint8 (the inverse of :func:`uint8_to_model_range`, rounded)."""
+    return images.add(1.0).mul(127.5).round_().clamp_(0, 255).to(torch.uint8)
+
+
 def uint8_to_model_range(array: np.ndarray) -> torch.Tensor:
     """(N, H, W) or (N, H, W, C) uint8 → (N, C, H, W) float32 in [-1, 1]."""
     x = torch.from_numpy(np.array(array, copy=True))
@@ -101,6 +210,31 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
 def identity(*parts: object) -> str:
     """The identity of an image set from what fixes it (name, split, digest of bytes, size, …)."""
     return digest("|".join(map(str, parts)))
+
+
+_MODE_CHANNELS = {"1": 1, "L": 1, "LA": 1, "I": 1, "F": 1, "P": 3, "PA": 3, "RGB": 3, "RGBA": 3, "CMYK": 3,
+                  "YCbCr": 3}
+
+
+def image_header(path: Path) -> tuple[tuple[int, int], int]:
+    """((height, width) as displayed, channels after :func:`decode_image`) from a file's header, without decoding
+    its pixels; the file's structure is verified (``PIL.Image.verify``), so a cut or damaged file is refused here.
+    Raises :class:`InputError` naming the file and the problem."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            mode, (w, h) = im.mode, im.size
+            orientation = im.getexif().get(0x0112, 1)
+        with Image.open(path) as im:
+            im.verify()  # must directly follow open
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"{path}: unreadable or truncated image ({exc})") from exc
+    if mode not in _MODE_CHANNELS and not mode.startswith("I;16"):
+        raise InputError(f"{path}: unsupported image mode {mode!r}; save it as 8- or 16-bit grey or RGB")
+    if orientation in (5, 6, 7, 8):  # EXIF rotations by 90°: decode_image shows it upright
+        w, h = h, w
+    return (h, w), _MODE_CHANNELS.get(mode, 1)
 
 
 def decode_image(path: Path) -> np.ndarray:
@@ -151,7 +285,8 @@ def decode_image(path: Path) -> np.ndarray:
                              "float images must lie in [0, 1]")
         out = arr.astype(np.float32)
     else:
-        out = arr.astype(np.float32) / 255.0
+        out = arr.astype(np.float32)
+        out *= np.float32(1.0 / 255.0)  # in place: one full-resolution float copy, not two
     if mode in ("LA", "RGBA"):
         colour, alpha = out[..., :-1], out[..., -1:]
         out = colour * alpha  # composited over black
@@ -161,7 +296,8 @@ def decode_image(path: Path) -> np.ndarray:
 
 
 class FileImages:
-    """Image files decoded on demand (only the ones a ``limit`` keeps): crop, then resize with PIL."""
+    """Image files of a paper dataset, read on demand (only the ones a ``limit`` keeps): a centre square crop
+    (``crop`` pixels, or the short side), then a bilinear resize with PIL, as the DiffPath reference does."""
 
     def __init__(self, paths: list[Path], crop: int | None = None):
         self.paths, self.crop = list(paths), crop
@@ -169,20 +305,40 @@ class FileImages:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def decode(self, indices, size: int) -> np.ndarray:
+    def subset(self, indices) -> "FileImages":
+        return FileImages([self.paths[i] for i in indices], self.crop)
+
+    def identity(self) -> str:
+        """A digest of the files' names and bytes (read in blocks, nothing decoded)."""
+        from ..store import file_digest
+
+        return digest(*(part for p in self.paths for part in (p.name, file_digest(p))))
+
+    def decode_one(self, path: Path, size: int) -> np.ndarray:
+        """One file as (size, size, 3) uint8: RGB, centre square crop, bilinear resize."""
         from PIL import Image
 
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+        except OSError as exc:
+            raise InputError(f"{path}: unreadable or truncated image ({exc})") from exc
+        w, h = im.size
+        side = self.crop or min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        return np.array(im.crop((left, top, left + side, top + side)).resize((size, size), Image.BILINEAR))
+
+    def decode(self, indices, size: int) -> np.ndarray:
+        """The files of ``indices`` as (n, size, size, 3) uint8."""
         out = np.empty((len(indices), size, size, 3), dtype=np.uint8)
         for j, i in enumerate(indices):
-            path = self.paths[i]
-            try:
-                with Image.open(path) as im:
-                    im = im.convert("RGB")
-            except OSError as exc:
-                raise InputError(f"{path}: unreadable or truncated image ({exc})") from exc
-            w, h = im.size
-            side = self.crop or min(w, h)
-            left, top = (w - side) // 2, (h - side) // 2
-            im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.BILINEAR)
-            out[j] = np.asarray(im)
+            out[j] = self.decode_one(self.paths[i], size)
         return out
+
+    def source(self, size: int, channels: int, name: str) -> FileSource:
+        """A :class:`FileSource` that decodes these files in parallel, at ``size`` with ``channels``."""
+        def one(path: Path) -> torch.Tensor:
+            rgb = torch.from_numpy(self.decode_one(path, size)).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
+            return to_uint8(convert_channels(rgb, channels, name))[0]
+
+        return FileSource(self.paths, one, channels, size)

@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import InputError
 from ..store import digest
 from .folders import is_folder_source, load_image_folder
-from .images import ImageSet, convert_channels, identity, resize, uint8_to_model_range
+from .images import ArraySource, FileImages, ImageSet, identity
 
 
 @dataclass(frozen=True)
@@ -58,13 +58,13 @@ def load_dataset(name: str, split: str = "test", *, size: int = 32, channels: in
     if limit is not None and limit < len(raw):
         idx = np.sort(np.random.default_rng(seed).choice(len(raw), size=limit, replace=False))
         labels, indices = labels[idx], indices[idx]
-        raw = raw.decode(idx, size) if hasattr(raw, "decode") else raw[idx]
-    elif hasattr(raw, "decode"):  # image files decoded on demand (paper datasets)
-        raw = raw.decode(range(len(raw)), size)
-    images = resize(convert_channels(uint8_to_model_range(raw), channels, name), size)
+        raw = raw.subset(idx) if isinstance(raw, FileImages) else raw[idx]
+    meta = {"title": spec.title, "description": spec.description, "indices": indices}
+    if isinstance(raw, FileImages):  # files (paper datasets): decoded when needed, identified by their bytes
+        key = identity(name, split, raw.identity(), size, channels, "crop-bilinear-pil")
+        return ImageSet(name, split, labels=labels, identity=key, meta=meta, source=raw.source(size, channels, name))
     key = identity(name, split, digest(raw), size, channels, "bilinear-aa")
-    return ImageSet(name, split, images, labels, key,
-                    meta={"title": spec.title, "description": spec.description, "indices": indices})
+    return ImageSet(name, split, labels=labels, identity=key, meta=meta, source=ArraySource(raw, size, channels, name))
 
 
 def dataset_title(name: str) -> str:
