@@ -28,17 +28,30 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def setup() -> tuple[int, int, str]:
-    """Join the process group torchrun prepared: (rank, world size, device); (0, 1, 'auto') otherwise."""
+def setup(device: str = "auto") -> tuple[int, int, str]:
+    """Join the process group torchrun prepared: (rank, world size, device); (0, 1, ``device``) otherwise.
+
+    With CUDA (and ``device`` not a CPU), each process takes its own GPU and the group talks NCCL; more processes
+    on one machine than it has GPUs is refused here, with what to do, before any process group exists. On the
+    CPU (no CUDA, or ``device="cpu"``) the processes talk gloo.
+    """
     if not launched_by_torchrun():
-        return 0, 1, "auto"
-    device = "cpu"
-    if torch.cuda.is_available():  # bind this process to its GPU before NCCL creates any context
+        return 0, 1, device
+    on_gpu = torch.cuda.is_available() and not str(device).startswith("cpu")
+    if on_gpu:
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+        gpus = torch.cuda.device_count()
+        if local_world > gpus:
+            raise RuntimeError(f"torchrun started {local_world} processes on this machine, which has {gpus} GPU(s): "
+                               f"NCCL needs one GPU per process. Start at most {gpus} (--nproc_per_node={gpus}), or "
+                               "pass --device cpu to run every process on the CPU (gloo)")
         local = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local)
+        torch.cuda.set_device(local)  # bind this process to its GPU before NCCL creates any context
         device = f"cuda:{local}"
+    else:
+        device = "cpu"
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout())
+        dist.init_process_group("nccl" if on_gpu else "gloo", timeout=timeout())
     return dist.get_rank(), dist.get_world_size(), device
 
 

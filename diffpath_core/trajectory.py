@@ -94,15 +94,34 @@ class NoisedEstimates:
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 
+def _tf32_switches() -> list[tuple[object, str, object, object]]:
+    """(object, attribute, value for TF32 on, value for off) of every switch of CUDA matmuls and convolutions:
+    the ``fp32_precision`` settings where this torch has them (2.9 and later), the legacy ``allow_tf32`` flags
+    otherwise (setting both kinds at once is refused by recent torch)."""
+    cudnn_conv = getattr(torch.backends.cudnn, "conv", None)
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision") and hasattr(cudnn_conv, "fp32_precision"):
+        return [(torch.backends.cuda.matmul, "fp32_precision", "tf32", "ieee"),
+                (cudnn_conv, "fp32_precision", "tf32", "ieee")]
+    return [(torch.backends.cuda.matmul, "allow_tf32", True, False), (torch.backends.cudnn, "allow_tf32", True, False)]
+
+
+def tf32_enabled() -> tuple[bool, bool]:
+    """Whether CUDA matmuls and convolutions may use TF32 now, under whichever flag API this torch has."""
+    return tuple(getattr(obj, attr) == on for obj, attr, on, _ in _tf32_switches())
+
+
 @contextlib.contextmanager
 def _tf32(allowed: bool):
     """TF32 for CUDA matmuls and convolutions on or off while the network runs; the caller's setting restored."""
-    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allowed
+    switches = _tf32_switches()
+    before = [getattr(obj, attr) for obj, attr, _, _ in switches]
+    for obj, attr, on, off in switches:
+        setattr(obj, attr, on if allowed else off)
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+        for (obj, attr, _, _), value in zip(switches, before):
+            setattr(obj, attr, value)
 
 
 def check_precision(precision: str) -> str:

@@ -150,22 +150,23 @@ def test_two_writers_of_one_entry_compute_each_chunk_once(tiny_model, tiny_image
 
 
 def test_fp32_turns_tf32_off_while_the_network_runs_and_restores_it():
-    import torch.backends.cuda
-    import torch.backends.cudnn
+    """Under either flag API (fp32_precision where torch has it, allow_tf32 otherwise): fp32 means TF32 off for
+    matmuls and convolutions while the network runs, tf32 on, and the caller's setting comes back."""
+    from diffpath_core.trajectory import _tf32_switches, autocast_context, tf32_enabled
 
-    from diffpath_core.trajectory import autocast_context
-
+    switches = _tf32_switches()
+    before = [getattr(obj, attr) for obj, attr, _, _ in switches]
     seen = {}
-    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     try:
         for user_setting in (True, False):
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = user_setting
+            for obj, attr, on, off in switches:
+                setattr(obj, attr, on if user_setting else off)
             for precision in ("fp32", "tf32"):
                 with autocast_context(torch.device("cuda"), precision):
-                    seen[(user_setting, precision)] = (torch.backends.cuda.matmul.allow_tf32,
-                                                       torch.backends.cudnn.allow_tf32)
-                assert torch.backends.cuda.matmul.allow_tf32 is user_setting, "the caller's setting is restored"
+                    seen[(user_setting, precision)] = tf32_enabled()
+                assert tf32_enabled() == (user_setting, user_setting), "the caller's setting is restored"
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+        for (obj, attr, _, _), value in zip(switches, before):
+            setattr(obj, attr, value)
     assert all(v == (False, False) for (u, p), v in seen.items() if p == "fp32")
     assert all(v == (True, True) for (u, p), v in seen.items() if p == "tf32")

@@ -44,7 +44,7 @@ def _torchrun_features(entry: list[str], folder, model_dir, tmp_path) -> list[st
     """2 processes of `features` on ``folder``: K=3, batches of 4, chunks of 8, cache and output in tmp_path."""
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
             "--master_addr=127.0.0.1", f"--master_port={_free_port()}", *entry, "features", str(folder),
-            "--model", str(model_dir), "-k", "3", "--batch-size", "4", "--chunk-size", "8",
+            "--model", str(model_dir), "-k", "3", "--batch-size", "4", "--chunk-size", "8", "--device", "cpu",
             "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "sharded.npz"), "--quiet"]
 
 
@@ -119,6 +119,7 @@ def test_setup_binds_the_gpu_before_the_process_group(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setenv("DIFFPATH_DIST_TIMEOUT_MINUTES", "90")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_device", lambda i: calls.append(("set_device", i)))
     monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
     monkeypatch.setattr(distributed.dist, "init_process_group",
@@ -127,3 +128,18 @@ def test_setup_binds_the_gpu_before_the_process_group(monkeypatch):
     monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
     assert distributed.setup() == (1, 2, "cuda:1")
     assert calls == [("set_device", 1), ("init", "nccl", datetime.timedelta(minutes=90))]
+
+
+def test_more_processes_than_gpus_is_refused_with_what_to_do(monkeypatch):
+    """Two ranks on a one-GPU machine: a clear refusal before any process group exists; on the CPU, gloo."""
+    import pytest
+
+    from diffpath_core import distributed
+
+    for key, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(RuntimeError, match=r"2 processes on this machine, which has 1 GPU.*--nproc_per_node=1.*--device cpu"):
+        distributed.setup("auto")
+    assert not torch.distributed.is_initialized()

@@ -21,7 +21,10 @@ def test_paper_profile_resolves():
 
 
 def test_paper_profile_stops_before_any_work(tmp_path, monkeypatch):
+    import torch
+
     monkeypatch.setenv("DIFFPATH_DATA", str(tmp_path / "data"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the CPU warning is checked as on a CPU host
     params = load_profile("paper", {"model": str(tmp_path / "celeba_ema_0.9999_499999.pt"),
                                     "results_dir": str(tmp_path / "results")})
     problems = preflight(params)
@@ -30,7 +33,7 @@ def test_paper_profile_stops_before_any_work(tmp_path, monkeypatch):
         assert f"{name}: missing" in text
     assert "cifar-10-binary.tar.gz" in text and str(tmp_path / "data" / "cifar10") in text
     assert "model: checkpoint" in text and "celeba_ema_0.9999_499999.pt not found" in text
-    assert "would run on the CPU" in text, "no GPU here, and device is 'auto'"
+    assert "would run on the CPU" in text, "no GPU (pinned above), and device is 'auto'"
     assert "would run on the CPU" not in "\n".join(preflight({**params, "device": "cpu"}))
     out = tmp_path / "generated"
     with pytest.raises(SystemExit, match="nothing was computed"):
