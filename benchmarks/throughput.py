@@ -29,6 +29,7 @@ from diffpath_core.extraction import Extraction  # noqa: E402
 from diffpath_core.features import diffpath_features, paper_form_features  # noqa: E402
 from diffpath_core.models import load_improved_diffusion, load_model, resolve_device  # noqa: E402
 from diffpath_core.runtime import CompiledNetwork, cpu_workers, run_sharded, tune_cpu_allocator  # noqa: E402
+from diffpath_core.trajectory import autocast_context  # noqa: E402
 
 REFERENCE = Path(__file__).resolve().parent.parent / "tests" / "data" / "reference"
 
@@ -38,8 +39,10 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def bare_loop(model, x, k, network=None, workers=None):
-    """K forward passes at the trajectory's timesteps, nothing else: the floor any method pays.
+def bare_loop(model, x, k, network=None, workers=None, precision="fp32"):
+    """K forward passes at the trajectory's timesteps, nothing else: the floor any method pays, in the same
+    precision context as the extraction (so a GPU's fp32 is compared with fp32, not with PyTorch's default TF32
+    convolutions).
 
     Sharded over CPU workers as the extraction is (``runtime.run_sharded``) unless ``workers`` is given.
     """
@@ -47,7 +50,7 @@ def bare_loop(model, x, k, network=None, workers=None):
     steps = model.schedule(k).net_timesteps
 
     def shard(xb):
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast_context(xb.device, precision):
             for t in steps:
                 predict(xb, torch.full((xb.shape[0],), float(t), device=xb.device))
 
@@ -67,12 +70,12 @@ def timed(fn, device) -> float:
     return time.perf_counter() - t0
 
 
-def overhead(model, x, k, repeats, device) -> tuple[float, float, float]:
+def overhead(model, x, k, repeats, device, precision="fp32") -> tuple[float, float, float]:
     bare, full = [], []
-    bare_loop(model, x, k), full_extraction(model, x, k)  # warm-up
+    bare_loop(model, x, k, precision=precision), full_extraction(model, x, k, precision)  # warm-up
     for _ in range(repeats):  # interleaved so drifts in machine load hit both alike
-        bare.append(timed(lambda: bare_loop(model, x, k), device))
-        full.append(timed(lambda: full_extraction(model, x, k), device))
+        bare.append(timed(lambda: bare_loop(model, x, k, precision=precision), device))
+        full.append(timed(lambda: full_extraction(model, x, k, precision), device))
     b, f = min(bare), min(full)
     return b, f, f / b
 
@@ -99,7 +102,10 @@ def main():
     print(f"[shipped fashion_mnist model, {model.describe()}]")
     print(f"  bare K forward passes : {b:.3f} s/batch  ({args.batch / b:.1f} images/s)")
     print(f"  full feature extraction: {f:.3f} s/batch  ({args.batch / f:.1f} images/s)")
-    print(f"  overhead ratio         : {ratio:.3f}  (target ≤ 1.10)\n")
+    print(f"  overhead ratio         : {ratio:.3f}  (target ≤ 1.10)")
+    b, f, ratio = overhead(model, x, args.k, args.repeats, device, "bf16")
+    print(f"  bf16: bare {args.batch / b:.1f} images/s, full {args.batch / f:.1f} images/s, overhead ratio {ratio:.3f} "
+          "(both under bf16 autocast)\n")
 
     # 2. the converted reference network
     ref = load_improved_diffusion(REFERENCE / "improved_diffusion_celeba32_small_state_dict.npz",

@@ -27,8 +27,18 @@ from .progress import PROGRESS_ENV
 from .store import atomic_path
 
 NOTEBOOKS = ("00_quickstart", "01_base_model", "02_trajectories", "03_main_results", "04_ablations",
-             "05_paper_comparison")
+             "05_paper_comparison", "06_one_class", "07_anomaly_maps", "intro")  # intro last: it reads the others
+REPOSITORY_ENV = "DIFFPATH_REPOSITORY_URL"
 GENERATED = ROOT / "book" / "generated"
+
+
+def repository_url() -> str:
+    """The book's repository address: ``$DIFFPATH_REPOSITORY_URL`` (the publishing workflow sets it), else
+    ``repository.url`` of ``_config.yml``; "" when neither is set."""
+    if os.environ.get(REPOSITORY_ENV):
+        return os.environ[REPOSITORY_ENV]
+    config = yaml.safe_load((ROOT / "_config.yml").read_text()) or {}
+    return str((config.get("repository") or {}).get("url") or "")
 
 
 def load_profile(name_or_path: str, overrides: dict | None = None) -> dict:
@@ -39,6 +49,7 @@ def load_profile(name_or_path: str, overrides: dict | None = None) -> dict:
         known = ", ".join(p.stem for p in sorted((ROOT / "profiles").glob("*.yaml")))
         raise SystemExit(f"profile {name_or_path!r} not found (known: {known})")
     params = yaml.safe_load(path.read_text())
+    params.setdefault("repository", repository_url())  # for runs without the package installed (Colab)
     params.update(overrides or {})
     return params
 
@@ -47,7 +58,8 @@ def preflight(params: dict) -> list[str]:
     """Everything the profile needs that is not here, as one line each (checked before any work)."""
     from .datasets import check_available, source_problem
 
-    names = list(params.get("datasets", [])) + [n for pair in params.get("extra_pairs", []) for n in pair]
+    names = (list(params.get("datasets", [])) + [n for pair in params.get("extra_pairs", []) for n in pair]
+             + [task["dataset"] for task in params.get("one_class", [])])
     problems = [problem for n in dict.fromkeys(names) for problem in [source_problem(n)] if problem]
     problems += check_available(dict.fromkeys(names))
     if params.get("profile") == "paper" and str(params.get("device", "auto")) == "auto":

@@ -202,3 +202,34 @@ def load_converted(unet, state: dict[str, torch.Tensor], cfg: ImprovedDiffusionC
         raise CheckpointError(f"{source}: checkpoint lacks {len(missing)} weight(s) the config needs, "
                               f"first {missing[0]!r}; the config does not match the checkpoint")
     unet.load_state_dict({k: v.to(expected[k].dtype) for k, v in converted.items()}, strict=True)
+
+
+def export_state_dict(unet, cfg: ImprovedDiffusionConfig) -> dict[str, torch.Tensor]:
+    """A diffusers UNet's weights under improved-diffusion's names and shapes: the inverse of
+    :func:`convert_state_dict` (qkv fused head-major again, 1×1 attention projections as conv1d weights).
+
+    What a checkpoint of the official code holds (``torch.save(model.state_dict())``); used to write
+    random-weight checkpoints in the official format for rehearsals of the paper profile.
+    """
+    weights = unet.state_dict()
+    inverse_resnet = {v: k for k, v in _RESNET.items()}
+    out: dict[str, torch.Tensor] = {}
+    for src, (dst, kind) in _module_map(cfg).items():
+        mine = {k[len(dst) + 1:]: v for k, v in weights.items() if k.startswith(dst + ".")}
+        if kind == "plain":
+            out.update({f"{src}.{param}": v for param, v in mine.items()})
+        elif kind == "resnet":
+            for name, v in mine.items():
+                layer, _, param = name.rpartition(".")
+                out[f"{src}.{inverse_resnet[layer]}.{param}"] = v
+        else:
+            width = mine["to_q.weight"].shape[0]
+            for param in ("weight", "bias"):
+                parts = [mine[f"{n}.{param}"].reshape(cfg.num_heads, width // cfg.num_heads, -1)
+                         for n in ("to_q", "to_k", "to_v")]
+                qkv = torch.stack(parts, dim=1).reshape(3 * width, -1)
+                out[f"{src}.qkv.{param}"] = qkv[:, :, None] if param == "weight" else qkv[:, 0]
+            out[f"{src}.norm.weight"], out[f"{src}.norm.bias"] = mine["group_norm.weight"], mine["group_norm.bias"]
+            out[f"{src}.proj_out.weight"] = mine["to_out.0.weight"][:, :, None]
+            out[f"{src}.proj_out.bias"] = mine["to_out.0.bias"]
+    return out

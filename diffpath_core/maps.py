@@ -24,9 +24,9 @@ MAP_SMOOTHING = (0.0, 1.0, 2.0, 3.0)
 class MapForm:
     """Which per-pixel quantity, summed over which steps, weighted how, normalised and smoothed how.
 
-    - ``quantity``: "score" (|r_k|, the score error), "recon" (|x0 − x̂0_k|), "ssim" (D_k), "eps" (|ε_k|) or
-      "deps" (|K Δε_k|);
-    - ``weight`` (score only): "none"; "amplify", (1 + λD_k)|r_k|; "ssim", D_k |r_k|;
+    - ``quantity``: "score" (``|r_k|``, the score error), "recon" (``|x0 − x̂0_k|``), "ssim" (D_k), "eps"
+      (``|ε_k|``) or "deps" (``|K Δε_k|``);
+    - ``weight`` (score only): "none"; "amplify", ``(1 + λD_k)|r_k|``; "ssim", ``D_k |r_k|``;
     - ``steps``: "all", "early" (k < K/2) or "late";
     - ``normalise``: against ID-train images, per pixel: "none"; "ratio", divided by their mean; "z", minus their
       mean, divided by their standard deviation. Means and deviations are floored at their median over the
@@ -134,9 +134,9 @@ def map_candidates(family: str) -> list[MapForm]:
     smoothing (σ = 0, 1, 2, 3 pixels), then all steps before early or late ones, then the quantities and weights
     in the order listed per family.
 
-    - "DiffPath": what DiffPath reads, |ε| and its rate |Δε|;
+    - "DiffPath": what DiffPath reads, ``|ε|`` and its rate ``|Δε|``;
     - "DiffPathV2": the SSIM-weighted score error, w = 1 + λD (λ = 1, 0.5, 2, 4) or D (SSIM stays on, as in the
-      paper; the unweighted |r| is a separate ablation family, "score error, SSIM off");
+      paper; the unweighted ``|r|`` is a separate ablation family, "score error, SSIM off");
     - "variant": this project's maps, the score error unweighted, the reconstruction error and D alone.
     """
     if family == "DiffPath":

@@ -34,6 +34,7 @@ class Session:
     model: object
     results: Path
     cache: Path
+    run: dict = field(default_factory=dict)  # how the network runs: precision, batch_size, compile_network
     t0: float = field(default_factory=time.perf_counter)
 
     @property
@@ -47,17 +48,34 @@ class Session:
     def elapsed(self) -> str:
         return f"{time.perf_counter() - self.t0:.0f} s"
 
+    def extraction(self, model=None, k: int = 10, progress: bool = True):
+        """An :class:`~diffpath_core.extraction.Extraction` of ``model`` (default: the base model) with this run's
+        precision, batch size and compilation, caching into the session's folder."""
+        from .extraction import Extraction
+        from .runtime import CompiledNetwork
+
+        model = model or self.model
+        if self.run.get("channels_last") and model.device.type == "cuda":
+            import torch
+
+            model.unet.to(memory_format=torch.channels_last)
+        network = CompiledNetwork(model) if self.run.get("compile_network") else None
+        return Extraction(model, k=k, precision=self.run.get("precision", "fp32"), network=network,
+                          batch_size=int(self.run.get("batch_size", 64)), cache_dir=self.cache, progress=progress)
+
 
 def start(profile: str, model: str, results_dir: str, cache_dir: str = "cache", device: str = "auto",
-          model_config: str | None = None, k: int | None = None, **settings) -> Session:
-    """Load the base model, make the folders, print one settings line; return the :class:`Session`."""
+          model_config: str | None = None, k: int | None = None, run: dict | None = None, **settings) -> Session:
+    """Load the base model, make the folders, print one settings line; return the :class:`Session`. ``run``:
+    how the network runs (``precision``, ``batch_size``, ``compile_network``, ``channels_last``)."""
     from .models import load_model
 
     results, cache = project_path(results_dir), project_path(cache_dir)
     results.mkdir(parents=True, exist_ok=True)
     spec = str(project_path(model)) if Path(model).suffix else model
     base = load_model(spec, device=device, config=model_config)
-    extra = "".join(f" | {key} {value}" for key, value in settings.items())
+    run = dict(run or {})
+    extra = "".join(f" | {key} {value}" for key, value in {**settings, **run}.items())
     print(f"base model {base.describe()}")
     print(f"device {base.device.type} | profile {profile!r}" + (f" | K = {k}" if k is not None else "") + extra)
-    return Session(base, results, cache)
+    return Session(base, results, cache, run)

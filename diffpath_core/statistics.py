@@ -163,7 +163,7 @@ class PathStatistics:
     """Per-image statistics of one reading, accumulated step by step: memory is a few maps of one step, whatever
     K and the image size (the steps need not be kept).
 
-    ``reading="path"`` (the DDIM inversion) gives
+    ``reading="path"`` (the DDIM inversion) gives::
 
         eps_*   (B, K)   moments of ε_k (s1 = Σ, abs = Σ|·|, s2 = Σ·², s3 = Σ·³ over channels and pixels)
         deps_*  (B, K−1) moments of Δε_k = K (ε_k+1 − ε_k)
@@ -325,7 +325,7 @@ def map_index(quantity: str, group: str) -> int:
 
 
 class MapSums:
-    """Per-pixel sums over the steps of each group, channel-averaged, of what anomaly maps are made of:
+    """Per-pixel sums over the steps of each group, channel-averaged, of what anomaly maps are made of::
 
         score       |r_k|                 the score error
         score_ssim  D_k |r_k|             its SSIM-weighted part (w = 1 + λD gives score + λ score_ssim)

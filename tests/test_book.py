@@ -24,7 +24,9 @@ from diffpath_core.book import NOTEBOOKS, ROOT, load_profile, run
 
 pytestmark = pytest.mark.slow
 
-TINY = dict(n_train=40, n_test=40, n_ablation=24, quick_n=24, k=3, k_values=[2, 3], sample_steps=5)
+TINY = dict(n_train=40, n_test=40, n_ablation=24, quick_n=24, k=3, k_values=[2, 3], sample_steps=5,
+            one_class=[{"dataset": "mnist", "model": "model", "setting": "zero-shot"}], one_class_n_train=200,
+            one_class_n_test=60, maps_n_train=40, maps_n_test=12)
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +58,11 @@ def _finite_numbers(path: Path) -> list[float]:
 
 
 TABLES = ("quickstart_metrics.csv", "main_results.csv", "main_table_auroc.csv", "main_table_fpr95.csv",
-          "fmnist_mnist_comparison.csv", "ablation_v2_switches.csv", "ablation_true_noise.csv",
+          "main_comparisons.csv", "fmnist_mnist_comparison.csv", "ablation_v2_switches.csv", "ablation_true_noise.csv",
           "ablation_structure.csv", "ablation_detectors.csv", "ablation_density_grid.csv", "ablation_steps.csv",
           "ablation_base_model.csv", "published_auroc_table.csv", "published_diffpath_protocol.csv",
-          "published_disagreement.csv")
+          "published_disagreement.csv", "one_class_tasks.csv", "one_class_summary.csv", "one_class_mnist.csv",
+          "maps_metrics.csv")
 
 
 def test_notebooks_write_tables_and_figures(built):
@@ -72,15 +75,57 @@ def test_notebooks_write_tables_and_figures(built):
         values = _finite_numbers(results / table)
         assert values and all(math.isfinite(v) for v in values), table
     rows = list(csv.DictReader(open(results / "main_results.csv")))
-    assert all(0.0 <= float(r["auroc"]) <= 1.0 for r in rows)
     assert len(rows) == 8 * 6  # 6 ordered pairs + 2 extra pairs; 3 published methods, 1 variant, 2 baselines
     assert {r["method"] for r in rows} == {"DiffPath-1D", "DiffPath-6D", "DiffPathV2", "DiffPathV2-PS",
                                            "Reconstruction", "Border mean"}
     for figure in ("quickstart_roc", "base_model_loss", "base_model_samples", "dataset_gallery", "trajectory_id",
                    "trajectory_ood", "eps_norm_vs_t", "feature_pca", "ablation_v2_switches", "ablation_steps",
-                   "published_auroc_heatmap"):
+                   "published_auroc_heatmap", "one_class_mnist_fashion_mnist_zero_shot", "anomaly_maps_grid"):
         for ext in ("png", "svg"):
             assert (results / f"{figure}.{ext}").stat().st_size > 1000, f"{figure}.{ext}"
+
+
+def test_every_auroc_in_the_tables_is_the_scores_auroc_with_its_interval(built):
+    """Each row of main_results.csv recomputed by scikit-learn from the scores the run wrote (main_scores.npz), its
+    interval around it; and a fact of the data that a swapped ID/OOD or a sign error would break: the border
+    mean tells MNIST (black frame) from Fashion-MNIST even with 40 test images."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    _, results = built
+    rows = list(csv.DictReader(open(results / "main_results.csv")))
+    with np.load(results / "main_scores.npz") as scores:
+        for r in rows:
+            key = f"{r['method']}|{r['id']}|{r['ood']}"
+            s_id, s_ood = scores[f"{key}|id"], scores[f"{key}|ood"]
+            assert (len(s_id), len(s_ood)) == (int(r["n_id_test"]), int(r["n_ood_test"])), key
+            expected = roc_auc_score(np.r_[np.ones(len(s_id)), np.zeros(len(s_ood))], np.r_[s_id, s_ood])
+            assert float(r["auroc"]) == pytest.approx(expected, abs=6e-5), key  # the CSV rounds to 4 decimals
+            assert float(r["auroc_low"]) <= float(r["auroc"]) <= float(r["auroc_high"]), key
+            assert r["n_boot"] == "2000", key
+    border = next(r for r in rows if (r["method"], r["id"], r["ood"]) == ("Border mean", "fashion_mnist", "mnist"))
+    assert float(border["auroc"]) > 0.9
+    for r in csv.DictReader(open(results / "one_class_tasks.csv")):
+        assert float(r["auroc_low"]) <= float(r["auroc"]) <= float(r["auroc_high"])
+    compared = list(csv.DictReader(open(results / "main_comparisons.csv")))
+    assert compared and all(float(c["low"]) <= float(c["difference"]) <= float(c["high"]) for c in compared)
+
+
+def test_intro_opens_with_findings_read_from_the_tables(built):
+    """The root page's first section states this build's averages and their intervals as the CSVs hold them."""
+    site, results = built
+    page = (site / "_build" / "html" / "book" / "generated" / "intro.html").read_text()
+    main = page[page.index("<main"):]
+    found = main.index('<section id="what-this-build-found">')
+    assert found < main.index('<section id="what-this-book-is">')
+    with open(results / "main_table_auroc.csv") as f:
+        average = next(r for r in csv.DictReader(f) if r["ID → OOD"] == "average")
+    with open(results / "main_table_auroc_interval.csv") as f:
+        interval = next(r for r in csv.DictReader(f) if r["ID → OOD"] == "average")
+    text = re.sub(r"<[^>]+>", "", main[found:main.index('<section id="what-this-book-is">')])
+    for method in ("DiffPathV2", "DiffPath-6D", "Border mean"):
+        assert f"{method} {float(average[method]):.3f} ({interval[method]})" in text, method
+    assert "One class normal, MNIST, zero-shot" in text
 
 
 class _Links(HTMLParser):
@@ -220,13 +265,16 @@ def test_browser_loads_every_page_clean(built, tmp_path):
     assert not problems, "\n".join(problems)
 
 
-def test_notebooks_run_by_hand_from_the_notebooks_folder(tmp_path):
+def test_notebooks_run_by_hand_from_the_notebooks_folder(built, tmp_path):
     """Each notebook, as a student runs it: working directory notebooks/, relative paths, own parameter cell
-    (papermill changes only the sizes, and points results and cache at a temporary folder, relatively)."""
+    (papermill changes only the sizes, and points results at a temporary folder and the cache at the built
+    site's, relatively: the statistics are there already, so this run costs the fits, not the trajectories)."""
     import papermill
 
+    site, _ = built
     rel = Path(os.path.relpath(tmp_path, ROOT))
-    sizes = {**TINY, "results_dir": str(rel / "results"), "cache_dir": str(rel / "cache")}
+    cache = Path(os.path.relpath(site / "cache", ROOT))
+    sizes = {**TINY, "results_dir": str(rel / "results"), "cache_dir": str(cache)}
     for name in NOTEBOOKS:
         source = ROOT / "notebooks" / f"{name}.ipynb"
         declared = set(papermill.inspect_notebook(str(source)))

@@ -14,13 +14,14 @@ PACKAGE = Path(__file__).resolve().parent.parent / "diffpath_core"
 FLOORS = {  # the lowest floor first; a module may import its own floor (without a circle) or any floor below
     "foundations": ("errors", "store", "progress", "runtime"),
     "data and models": ("datasets", "datasets.images", "datasets.folders", "datasets.registry", "datasets.offline",
-                        "datasets.paper", "datasets.downloads", "schedule", "improved_diffusion", "models"),
+                        "datasets.paper", "datasets.downloads", "datasets.defects", "schedule", "improved_diffusion",
+                        "models"),
     "network on images": ("trajectory", "sampling", "train"),
     "path statistics": ("statistics",),
     "extraction": ("cache", "extraction", "distributed"),
-    "features and density": ("features", "detectors", "metrics"),
-    "detectors and protocols": ("api", "evaluate", "validation"),
-    "book and command line": ("report", "plots", "notebook", "book", "cli"),
+    "features and density": ("features", "maps", "detectors", "metrics"),
+    "detectors and protocols": ("api", "evaluate", "validation", "one_class"),
+    "book and command line": ("report", "plots", "notebook", "book", "findings", "cli"),
     "package": ("__init__",),
 }
 FLOOR = {module: level for level, modules in enumerate(FLOORS.values()) for module in modules}

@@ -44,7 +44,7 @@ def download(url: str, part: Path, timeout=TIMEOUT, attempts: int = ATTEMPTS, pr
 
     A server that ignores the range (status 200) is read from the start again; one that answers 416 to a range
     starting at the end says the file is complete. A dropped connection is resumed up to ``attempts`` times.
-    Raises ``OSError`` (``requests`` errors are ``OSError``s) when it cannot finish.
+    Raises ``OSError`` (every ``requests`` error is one) when it cannot finish.
     """
     import requests
 
