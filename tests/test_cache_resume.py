@@ -90,10 +90,15 @@ def test_entry_is_bound_to_chunk_size_and_precision(tiny_model, tiny_images, tmp
     that precision's numbers (bf16 / fp16 autocast really ran: close to fp32, not equal; TF32 does not exist on
     a CPU, so its numbers are fp32's, kept apart)."""
     got = {}
-    for kwargs in ({}, {"chunk_size": 8}, {"chunk_size": 16}, {"precision": "tf32"}, {"precision": "bf16"},
-                   {"precision": "fp16"}):
+    for kwargs in ({}, {"chunk_size": 8, "batch_size": 8}, {"chunk_size": 16, "batch_size": 8},
+                   {"precision": "tf32"}, {"precision": "bf16"}, {"precision": "fp16"}):
         got[repr(kwargs)] = Extraction(tiny_model, k=2, cache_dir=tmp_path, progress=False,
                                        **kwargs).statistics(tiny_images)
+    assert len(list(tmp_path.iterdir())) == 6
+    # a chunk below the batch follows the batch (chunks hold whole batches): chunks of 8 at batch 16 are chunks of
+    # 16, the entry above
+    Extraction(tiny_model, k=2, cache_dir=tmp_path, progress=False, chunk_size=8, batch_size=16).statistics(
+        tiny_images)
     assert len(list(tmp_path.iterdir())) == 6
     fp32 = got["{}"]
     np.testing.assert_array_equal(got["{'precision': 'tf32'}"]["eps_s2"], fp32["eps_s2"])
