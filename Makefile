@@ -30,7 +30,7 @@ lab: $(STAMP)
 
 ## test: the whole test suite on CPU (installs Chromium and its driver for the browser check where missing)
 test: $(STAMP) browser-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=12
 
 browser-deps:
 	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { \

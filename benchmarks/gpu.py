@@ -99,9 +99,9 @@ def official_loop(path: Path, model: DiffusionModel, cfg, x: torch.Tensor, k: in
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto")
-    p.add_argument("--quick", action="store_true", help="a small network and batches of 8 and 16 (CPU check)")
-    p.add_argument("--batches", type=int, nargs="+", default=None, help="default: 256 1024 (quick: 8 16)")
-    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--quick", action="store_true", help="a small network, batches of 4 and 8, K = 4 (CPU check)")
+    p.add_argument("--batches", type=int, nargs="+", default=None, help="default: 256 1024 (quick: 4 8)")
+    p.add_argument("-k", type=int, default=None, help="default: 10 (quick: 4)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--peak-tflops", type=float, default=800.0, help="the chip's dense matrix rate (TFLOP/s)")
     p.add_argument("--official", type=Path, default=None, help="a clear-nus/diffpath checkout: time its loop too")
@@ -109,7 +109,8 @@ def main():
     args = p.parse_args()
     device = resolve_device(args.device)
     cfg = PRESETS["reference_small"] if args.quick else PRESETS["celeba32"]
-    batches = args.batches or ([8, 16] if args.quick else [256, 1024])
+    batches = args.batches or ([4, 8] if args.quick else [256, 1024])
+    args.k = args.k or (4 if args.quick else 10)
     model = network_model(cfg, device)
     if args.channels_last:
         model.unet.to(memory_format=torch.channels_last)
@@ -148,15 +149,18 @@ def main():
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
                 full = fastest(lambda: ex.batch_statistics(x), device, args.repeats)
-                memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+                memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
                 floor = fastest(bare, device, args.repeats)
             except Exception as exc:  # noqa: BLE001 (a setting this machine cannot run is reported, not fatal)
                 print(f"{label:<16} {batch:>6}  failed: {type(exc).__name__}: {exc}")
                 continue
             use = flops * args.k * batch / full / (args.peak_tflops * 1e12)
             versus = f"  {batch / full / official:.2f}× official" if official else ""
+            # a CPU has neither a GPU memory counter nor the GPU's matrix rate: those columns say n/a there
+            memory_text = f"{memory:>9.2f} GB" if device.type == "cuda" else f"{'n/a':>12}"
+            use_text = f"{100 * use:>8.1f}%" if device.type == "cuda" else f"{'n/a':>9}"
             print(f"{label:<16} {batch:>6} {batch / full:>10.1f} {batch / floor:>14.1f} {full / floor:>9.3f} "
-                  f"{memory:>10.2f} GB {100 * use:>8.1f}%{versus}")
+                  f"{memory_text} {use_text}{versus}")
 
 
 if __name__ == "__main__":

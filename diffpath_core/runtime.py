@@ -11,6 +11,7 @@ import ctypes
 import os
 import sys
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -48,6 +49,11 @@ def tune_cpu_allocator() -> bool:
     return _allocator_tuned
 
 
+# diffusers calls its lru_cache-wrapped ``is_torch_version`` inside forward; Dynamo traces through the cache and
+# warns once per call site (harmless here: the result is a constant). Only this message is silenced.
+_DYNAMO_LRU_CACHE = r"Dynamo detected a call to a `functools\.lru_cache`-wrapped function"
+
+
 class CompiledNetwork:
     """ε_θ through ``torch.compile``, padded to one batch shape so that an extraction compiles once.
 
@@ -71,7 +77,9 @@ class CompiledNetwork:
         with self._lock:
             self.batch_size = size = max(self.batch_size, b)
             if size not in self._compiled:  # compile (or recompile) with no other thread inside
-                out = self.fn(*self._pad(x, t, size))
+                with warnings.catch_warnings():  # diffusers' version check is lru_cache-wrapped: Dynamo says so
+                    warnings.filterwarnings("ignore", message=_DYNAMO_LRU_CACHE, category=UserWarning)
+                    out = self.fn(*self._pad(x, t, size))
                 self._compiled.add(size)
                 return out[:b]
         return self.fn(*self._pad(x, t, size))[:b]
