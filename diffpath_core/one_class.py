@@ -112,3 +112,25 @@ def _pixel_scores(train_images, test_images, cache_dir, density: str, seed: int)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_savez(path, {"score": scores, "describe": np.array(det.describe())})
     return scores, det.describe()
+
+
+def beside_published(summary, published, dataset: str):
+    """One dataset's table: this book's rows (one per method and base model) and the published rows below them,
+    indexed by a unique row name. A method run with several base models is named with its setting and model."""
+    import pandas as pd
+
+    ours = summary[summary["dataset"] == dataset]
+    several = ours.groupby("method").size().max() > 1 if len(ours) else False
+    rows = [{"method": f"{r.method} ({r.setting}, {r.base_model})" if several else r.method,
+             "learned from": f"{r.setting}: base model {r.base_model}, density on the normal class",
+             "mean AUROC": r.mean_auroc, "95 % interval": f"{r.mean_low:.3f}–{r.mean_high:.3f}",
+             "measured by": "this book, the run above"} for r in ours.itertuples()]
+    theirs = published[published["dataset"] == dataset].sort_values(["trained_on", "mean_auroc_percent"])
+    rows += [{"method": r.method, "learned from": r.trained_on, "mean AUROC": r.mean_auroc_percent / 100,
+              "95 % interval": "not published", "measured by": f"{r.source} ({r.how_read})"}
+             for r in theirs.itertuples()]
+    table = pd.DataFrame(rows).set_index("method")
+    if not table.index.is_unique:
+        raise ValueError(f"{dataset}: two rows share a name: {sorted(set(table.index[table.index.duplicated()]))}")
+    return table
+

@@ -1,6 +1,7 @@
 """The one-class protocol: each task fits on its normal class only, scores every test image once, and reports
 AUROCs with intervals."""
 import numpy as np
+import pytest
 import torch
 
 import diffpath_core.one_class as one_class_module
@@ -56,3 +57,27 @@ def test_each_task_fits_on_its_normal_class_only(tiny_model, tmp_path, monkeypat
     summary = {r["method"]: r for r in result.summary}
     assert summary["Pixel PCA"]["mean_auroc"] == np.mean(list(pixel.values()))
     assert summary["Pixel PCA"]["mean_low"] <= summary["Pixel PCA"]["mean_auroc"] <= summary["Pixel PCA"]["mean_high"]
+
+
+def test_table_beside_published_names_each_base_model_once():
+    """Fashion-MNIST runs with two base models (zero-shot and in-domain): each method's two rows get distinct
+    names, the published rows follow, and a clash is an error rather than a table the page cannot style."""
+    import pandas as pd
+
+    summary = pd.DataFrame([{"dataset": "fashion_mnist", "method": m, "setting": s, "base_model": b,
+                             "mean_auroc": 0.7, "mean_low": 0.6, "mean_high": 0.8}
+                            for s, b in (("zero-shot", "glyphs"), ("in-domain", "fashion_mnist"))
+                            for m in ("DiffPath-6D", "Pixel PCA")])
+    published = pd.DataFrame([{"dataset": "fashion_mnist", "method": "CSI", "trained_on": "normal class only",
+                               "mean_auroc_percent": 94.2, "source": "Tack et al. 2020", "how_read": "Table 2"},
+                              {"dataset": "mnist", "method": "CSI", "trained_on": "normal class only",
+                               "mean_auroc_percent": 99.0, "source": "x", "how_read": "y"}])
+    table = one_class_module.beside_published(summary, published, "fashion_mnist")
+    assert table.index.is_unique and len(table) == 5
+    assert "DiffPath-6D (zero-shot, glyphs)" in table.index and "DiffPath-6D (in-domain, fashion_mnist)" in table.index
+    assert table.loc["CSI", "mean AUROC"] == pytest.approx(0.942) and table.loc["CSI", "95 % interval"] == "not published"
+    single = one_class_module.beside_published(summary[summary["setting"] == "zero-shot"], published, "fashion_mnist")
+    assert list(single.index[:2]) == ["DiffPath-6D", "Pixel PCA"], "one base model: plain method names"
+    clash = pd.concat([published, published.iloc[:1]])
+    with pytest.raises(ValueError, match="share a name"):
+        one_class_module.beside_published(summary, clash, "fashion_mnist")
