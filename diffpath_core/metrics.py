@@ -4,6 +4,10 @@ Implemented directly (ranks, thresholds) so the tests can hold them against scik
 """
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
+
 import numpy as np
 from scipy.stats import rankdata
 
@@ -76,6 +80,28 @@ def bootstrap_aurocs(score_id, score_ood, n_boot: int = N_BOOT, seed: int = BOOT
     tied with s_i), computed for all resamples at once from the scores' sorted distinct values.
     """
     a, b = _check(score_id, score_ood)
+    key = (hashlib.blake2b(a.tobytes() + b"|" + b.tobytes(), digest_size=16).digest(), a.size, n_boot, seed)
+    with _memo_lock:
+        if key in _memo:
+            _memo.move_to_end(key)
+            return _memo[key]
+    out = _bootstrap_aurocs(a, b, n_boot, seed)
+    out.flags.writeable = False  # shared by later calls with the same scores
+    with _memo_lock:
+        _memo[key] = out
+        while len(_memo) > _MEMO_SIZE:
+            _memo.popitem(last=False)
+    return out
+
+
+# A book page asks for the same resamples several times (a cell's interval, then the mean over pairs, then each
+# paired comparison): they are kept, keyed by the scores' bytes, the sizes, n_boot and seed (16 MB at most).
+_MEMO_SIZE = 1024
+_memo: OrderedDict = OrderedDict()
+_memo_lock = threading.Lock()
+
+
+def _bootstrap_aurocs(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     values, groups = np.unique(np.concatenate([a, b]), return_inverse=True)
     ga, gb = groups[: a.size], groups[a.size:]
