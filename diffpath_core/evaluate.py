@@ -73,13 +73,23 @@ def fitted_scores(det, train: dict, tests: dict, cache_dir=None) -> tuple[dict[s
     names = list(tests)
     key = digest("|".join([det.token(), stats_digest(train)] + [f"{n}:{stats_digest(tests[n])}" for n in names]),
                  length=20)
+
+    def compute():
+        det.fit_statistics(train)
+        return {n: det.score_statistics(tests[n]) for n in names}, det.detector_.describe()
+
+    return cached_scores(cache_dir, key, names, compute)
+
+
+def cached_scores(cache_dir, key: str, names: list[str], compute) -> tuple[dict[str, np.ndarray], str]:
+    """``compute()`` → ({name: scores}, description), kept in ``cache_dir/scores/<key>.npz`` (written atomically)
+    and read from there when present; no cache without ``cache_dir``. ``key`` must hold everything the scores
+    depend on."""
     path = Path(cache_dir) / "scores" / f"{key}.npz" if cache_dir else None
     if path is not None and path.exists():
         with np.load(path, allow_pickle=False) as d:
             return {n: d[f"score_{n}"] for n in names}, str(d["describe"])
-    det.fit_statistics(train)
-    scores = {n: det.score_statistics(tests[n]) for n in names}
-    describe = det.detector_.describe()
+    scores, describe = compute()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_savez(path, {**{f"score_{n}": v for n, v in scores.items()}, "describe": np.array(describe)})

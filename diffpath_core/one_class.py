@@ -23,10 +23,10 @@ import numpy as np
 from .api import PixelPCA
 from .datasets import load_dataset
 from .datasets.offline import FASHION_MNIST_CLASSES
-from .evaluate import fitted_scores, make_method
+from .evaluate import cached_scores, fitted_scores, make_method
 from .extraction import Extraction, require_extraction
 from .metrics import BOOT_SEED, N_BOOT, auroc, auroc_interval, interval, mean_auroc_samples
-from .store import atomic_savez, digest
+from .store import digest
 
 METHODS = ("DiffPath-1D", "DiffPath-6D", "DiffPathV2", "DiffPathV2-PS", "Pixel PCA", "Border mean")
 CLASS_NAMES = {"fashion_mnist": FASHION_MNIST_CLASSES, "fashion_mnist_full": FASHION_MNIST_CLASSES,
@@ -98,20 +98,16 @@ def one_class(extraction: Extraction, dataset: str, *, setting: str, n_train: in
 
 def _pixel_scores(train_images, test_images, cache_dir, density: str, seed: int) -> tuple[np.ndarray, str]:
     """The Pixel PCA baseline fitted on ``train_images`` and scored on ``test_images``, cached like the others."""
-    from pathlib import Path
-
     det = PixelPCA(density=density, seed=seed)
-    key = digest("PixelPCA", repr((det.components, density, seed)), train_images.numpy(), test_images.numpy(),
-                 length=20)
-    path = Path(cache_dir) / "scores" / f"{key}.npz" if cache_dir else None
-    if path is not None and path.exists():
-        with np.load(path, allow_pickle=False) as d:
-            return d["score"], str(d["describe"])
-    scores = det.fit(train_images).score_samples(test_images)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_savez(path, {"score": scores, "describe": np.array(det.describe())})
-    return scores, det.describe()
+    # "scores v2": entries in cached_scores' layout (an older entry under the old key held a bare "score")
+    key = digest("PixelPCA", "scores v2", repr((det.components, density, seed)), train_images.numpy(),
+                 test_images.numpy(), length=20)
+
+    def compute():
+        return {"test": det.fit(train_images).score_samples(test_images)}, det.describe()
+
+    scores, describe = cached_scores(cache_dir, key, ["test"], compute)
+    return scores["test"], describe
 
 
 def beside_published(summary, published, dataset: str):
