@@ -110,12 +110,22 @@ def _bootstrap_aurocs(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> n
         r = min(250, n_boot - lo)
         wa = rng.multinomial(a.size, np.full(a.size, 1.0 / a.size), size=r).astype(np.float64)
         wb = rng.multinomial(b.size, np.full(b.size, 1.0 / b.size), size=r).astype(np.float64)
-        per_value = np.bincount((np.arange(r)[:, None] * values.size + gb[None, :]).ravel(), weights=wb.ravel(),
-                                minlength=r * values.size).reshape(r, values.size)
-        below = np.cumsum(per_value, axis=1) - per_value
-        u = (wa * (below[:, ga] + 0.5 * per_value[:, ga])).sum(axis=1)
-        out[lo:lo + r] = u / (a.size * b.size)
+        out[lo:lo + r] = _weighted_mann_whitney(values.size, ga, wa, gb, wb)
     return out
+
+
+def _weighted_mann_whitney(n_values: int, g_pos: np.ndarray, w_pos: np.ndarray, g_neg: np.ndarray,
+                           w_neg: np.ndarray) -> np.ndarray:
+    """AUROC of each row of multiplicities: positives and negatives are indices ``g_*`` into ``n_values`` sorted
+    distinct scores, ``w_*`` (r, n_*) their weights in r resamples; a tie counts ½. NaN where a side weighs 0."""
+    r = w_pos.shape[0]
+    per_value = np.bincount((np.arange(r)[:, None] * n_values + g_neg[None, :]).ravel(), weights=w_neg.ravel(),
+                            minlength=r * n_values).reshape(r, n_values)  # negatives' weight at each score
+    below = np.cumsum(per_value, axis=1) - per_value
+    u = (w_pos * (below[:, g_pos] + 0.5 * per_value[:, g_pos])).sum(axis=1)
+    total = w_pos.sum(axis=1) * w_neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, u / np.where(total > 0, total, 1.0), np.nan)
 
 
 def interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
@@ -231,11 +241,7 @@ def pixel_auroc_samples(maps, masks, n_boot: int = 200, seed: int = BOOT_SEED) -
     g_pos, g_neg, i_pos, i_neg = groups[positive], groups[~positive], image_of[positive], image_of[~positive]
     rng = np.random.default_rng(seed)
     out = np.empty(n_boot)
-    for b in range(n_boot):
+    for b in range(n_boot):  # one resample at a time: a row of weights per pixel is large
         w_image = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
-        w_pos, w_neg = w_image[i_pos], w_image[i_neg]
-        per_value = np.bincount(g_neg, weights=w_neg, minlength=values.size)
-        below = np.cumsum(per_value) - per_value
-        total = w_pos.sum() * w_neg.sum()
-        out[b] = (w_pos * (below[g_pos] + 0.5 * per_value[g_pos])).sum() / total if total else np.nan
+        out[b] = _weighted_mann_whitney(values.size, g_pos, w_image[i_pos][None], g_neg, w_image[i_neg][None])[0]
     return out
