@@ -125,3 +125,46 @@ class CacheEntry:
             merged = concatenate([load_npz(self.chunk_path(i)) for i in range(self.n_chunks)])
             atomic_savez(self.final, merged)
         return merged
+
+
+class RowPool:
+    """Per-image rows already on disk for one model and one reading's settings, found by image content.
+
+    An entry belongs to one set of images, so a subset or superset of a set computed before (an ablation's
+    200 images among the main table's 2000, the quickstart's among the test set's) is another entry; its rows
+    need no new network passes, since each image's statistics depend on that image alone (up to the float32
+    rounding of batching). Merged entries whose ``meta.json`` has the same model hash and settings are read,
+    once each, and indexed by their ``image_hash`` column; readings whose rows are sums over a batch
+    (``TOTALS``) have no such column and are never pooled.
+    """
+
+    def __init__(self, cache_dir: str | Path, model_hash: str, settings: dict):
+        self.cache_dir, self.model_hash = Path(cache_dir), model_hash
+        self.settings = json.loads(json.dumps(settings, default=str))  # as meta.json holds it
+        self._read: set[str] = set()
+        self._rows: dict[int, tuple[dict[str, np.ndarray], int]] = {}
+
+    def refresh(self) -> "RowPool":
+        """Index the merged entries not read yet (another process, or an earlier set, may have written some)."""
+        for meta_path in sorted(self.cache_dir.glob("*/meta.json")):
+            folder = meta_path.parent
+            if folder.name in self._read or not (folder / "stats.npz").exists():
+                continue
+            self._read.add(folder.name)
+            try:
+                meta = json.loads(meta_path.read_text())
+            except (OSError, ValueError):  # not an entry of this project's: not ours to judge
+                continue
+            if meta.get("model_hash") != self.model_hash or meta.get("settings") != self.settings:
+                continue
+            stats = load_npz(folder / "stats.npz")
+            for row, image_hash in enumerate(stats.get("image_hash", ())):
+                self._rows.setdefault(int(image_hash), (stats, row))
+        return self
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def get(self, image_hash: int) -> tuple[dict[str, np.ndarray], int] | None:
+        """(an entry's statistics, the row) holding the image with this hash, or ``None``."""
+        return self._rows.get(int(image_hash))

@@ -175,3 +175,47 @@ def test_fp32_turns_tf32_off_while_the_network_runs_and_restores_it():
             setattr(obj, attr, value)
     assert all(v == (False, False) for (u, p), v in seen.items() if p == "fp32")
     assert all(v == (True, True) for (u, p), v in seen.items() if p == "tf32")
+
+
+def test_rows_computed_for_another_set_are_copied_not_recomputed(tiny_model, tiny_images, tmp_path):
+    """A subset of images already extracted needs no network pass; a set that overlaps one computes only its new
+    images; another K, or a reading summed over batches, computes everything."""
+    real, computed = Extraction.batch_statistics, []
+
+    def counted(self, x, *a, **k):
+        computed.append(len(x))
+        return real(self, x, *a, **k)
+
+    def run(images, readings="path", k=2):
+        computed.clear()
+        out = Extraction(tiny_model, k=k, batch_size=8, chunk_size=8, cache_dir=tmp_path,
+                         progress=False).statistics(images, readings)
+        return out, sum(computed)
+
+    Extraction.batch_statistics = counted
+    try:
+        full, n = run(tiny_images)
+        assert n == len(tiny_images)
+        picked = [20, 3, 5, 11]
+        subset, n = run(tiny_images[picked])
+        assert n == 0, "every row was in the first entry"
+        for key in full:
+            np.testing.assert_array_equal(subset[key], full[key][picked], err_msg=key)
+        new = torch.rand(5, 1, 16, 16, generator=torch.Generator().manual_seed(7)) * 2 - 1
+        mixed, n = run(torch.cat([tiny_images[:4], new]))
+        assert n == len(new), "only the images never seen before are computed"
+        alone = Extraction(tiny_model, k=2, batch_size=8, progress=False).statistics(new)
+        for key in full:
+            np.testing.assert_array_equal(mixed[key][:4], full[key][:4], err_msg=key)
+            scale = np.abs(alone[key]).max()  # float32 rounding of another batch
+            np.testing.assert_allclose(mixed[key][4:], alone[key], rtol=0, atol=1e-5 * scale, err_msg=key)
+        _, n = run(tiny_images, "fresh")
+        assert n == len(tiny_images)
+        _, n = run(tiny_images[picked], "fresh")
+        assert n == 0, "the fresh reading is seeded by image content: its rows are pooled too"
+        _, n = run(tiny_images[picked], k=3)
+        assert n == len(picked), "another K is another trajectory"
+        _, n = run(tiny_images[[0, 1, 2]], ("path", "mapref"))
+        assert n == 3, "mapref rows are sums over a batch: the pass runs for every image"
+    finally:
+        Extraction.batch_statistics = real
