@@ -10,9 +10,7 @@ take one, so those settings are written down once::
     bigger = dataclasses.replace(ex, k=20)                          # another value, other cache entries
 
 Only here is a batch split over CPU cores (:func:`runtime.run_sharded`) and the CPU allocator tuned;
-:func:`trajectory.inversion_steps` and :func:`statistics.batch_readings` each see one batch. An image whose
-rows another cache entry of the same model and settings holds already is copied from there
-(:class:`cache.RowPool`), so overlapping sets (a subset of the main table's images) cost only their new images.
+:func:`trajectory.inversion_steps` and :func:`statistics.batch_readings` each see one batch.
 """
 from __future__ import annotations
 
@@ -26,7 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .cache import CHUNK_SIZE, CacheEntry, RowPool, chunk_bounds, entry_key, trajectory_settings
+from .cache import CHUNK_SIZE, CacheEntry, chunk_bounds, entry_key, trajectory_settings
 from .datasets import ImageSet, check_images, image_hashes
 from .errors import InputError
 from .models import DiffusionModel
@@ -157,30 +155,16 @@ class Extraction:
         return name, images.identity, images
 
     def _compute(self, images: ImageSet, lo: int, hi: int, readings: list[str],
-                 x: torch.Tensor | None = None, pools: dict[str, RowPool] | None = None) -> dict[str, Statistics]:
+                 x: torch.Tensor | None = None) -> dict[str, Statistics]:
         """Every reading of images [lo, hi), batch by batch, in one pass; per-image readings get each image's content
         hash (overlap checks read it from the cache, so a cached run needs no decoding to find duplicates).
-        ``x``: the images [lo, hi) when they were produced already (prefetched). ``pools``: rows computed before
-        for other sets, by reading; an image found in every reading's pool is copied, not recomputed."""
+        ``x``: the images [lo, hi) when they were produced already (prefetched)."""
         x = check_images(images.batch(lo, hi) if x is None else x, f"dataset {images.name!r}")
+        batches = [self.batch_statistics(x[start:start + self.batch_size], tuple(readings))
+                   for start in range(0, len(x), self.batch_size)]
         hashes = image_hashes(x)
-        found = {}
-        if pools and not any(r in TOTALS for r in readings):
-            for i, image_hash in enumerate(hashes):
-                rows = {r: pools[r].get(image_hash) for r in readings}
-                if all(rows.values()):
-                    found[i] = rows
-        todo = [i for i in range(len(x)) if i not in found]
-        computed = {}
-        if todo:
-            xs = x if len(todo) == len(x) else x[todo]
-            batches = [self.batch_statistics(xs[start:start + self.batch_size], tuple(readings))
-                       for start in range(0, len(xs), self.batch_size)]
-            computed = {r: concatenate([b[r] for b in batches]) for r in readings}
-        if found:
-            computed = {r: _with_pooled_rows(len(x), todo, computed.get(r), {i: rows[r] for i, rows in found.items()})
-                        for r in readings}
-        return {r: {**computed[r], **({} if r in TOTALS else {"image_hash": hashes})} for r in readings}
+        return {r: {**concatenate([b[r] for b in batches]), **({} if r in TOTALS else {"image_hash": hashes})}
+                for r in readings}
 
     def _readings(self, name: str, identity: str, images: ImageSet, readings: list[str], desc, rank: int,
                   world: int) -> dict[str, Statistics] | None:
@@ -208,10 +192,6 @@ class Extraction:
         for r in pending:
             entries[r].open(self._meta(name, identity, n, r))
         todo = sorted({i for r in pending for i in entries[r].missing(mine)})
-        pools = None
-        if todo and not any(r in TOTALS for r in pending):  # rows other sets' entries hold already
-            pools = {r: RowPool(self.cache_dir, self.model.weights_hash(), self.settings(r)).refresh()
-                     for r in pending}
         bar = progress_bar(total=len(mine), initial=len(mine) - len(todo), desc=label, unit="chunk",
                            progress=self.progress)
         for i, x in _prefetched(images, todo, chunk):
@@ -222,7 +202,7 @@ class Extraction:
                     locks.enter_context(entries[r].chunk_lock(i))
                 need = [r for r in pending if not entries[r].chunk_path(i).exists()]
                 if need:  # another process may have written them while this one waited
-                    computed = self._compute(images, lo, hi, need, x, pools)
+                    computed = self._compute(images, lo, hi, need, x)
                     for r in need:
                         atomic_savez(entries[r].chunk_path(i), computed[r])
             bar.update(1)
@@ -239,24 +219,6 @@ class Extraction:
                 "model": self.model.source, "model_hash": self.model.weights_hash(),
                 "settings": self.settings(reading), "schedule": self.model.schedule(self.k).as_dict(),
                 "torch": torch.__version__}
-
-
-def _with_pooled_rows(n: int, computed_rows: list[int], computed: Statistics | None,
-                      pooled: dict[int, tuple[Statistics, int]]) -> Statistics:
-    """One chunk's statistics (``n`` rows): rows ``computed_rows`` from ``computed``, the others copied from the
-    pooled entries (row i from ``pooled[i]``, an entry's statistics and the row there)."""
-    first, first_row = next(iter(pooled.values()))
-    keys = list(computed) if computed is not None else [key for key in first if key != "image_hash"]
-    out = {}
-    for key in keys:
-        sample = computed[key] if computed is not None else first[key][first_row:first_row + 1]
-        column = np.empty((n,) + sample.shape[1:], dtype=sample.dtype)
-        if computed is not None:
-            column[computed_rows] = computed[key]
-        for i, (stats, row) in pooled.items():
-            column[i] = stats[key][row]
-        out[key] = column
-    return out
 
 
 def _prefetched(images: ImageSet, chunks: list[int], chunk_size: int):
