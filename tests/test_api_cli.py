@@ -88,6 +88,28 @@ def test_detectors_choose_by_cross_validation():
         KDEDetector().fit([1.0, np.nan, 2.0])
 
 
+def test_density_work_in_this_process_runs_on_one_blas_thread(monkeypatch):
+    """The refit of the chosen GMM and every score run with one BLAS thread, whatever the caller allows (two threads
+    made a 20-D GMM fit 60× slower on this project's machine); the caller's setting comes back afterwards."""
+    from sklearn.mixture import GaussianMixture
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads():
+        return max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+
+    seen, real_fit, real_score = [], GaussianMixture.fit, GaussianMixture.score_samples
+    monkeypatch.setattr(GaussianMixture, "fit", lambda self, *a, **k: (seen.append(blas_threads()),
+                                                                       real_fit(self, *a, **k))[1])
+    monkeypatch.setattr(GaussianMixture, "score_samples", lambda self, *a, **k: (seen.append(blas_threads()),
+                                                                                 real_score(self, *a, **k))[1])
+    x = np.random.default_rng(0).normal(size=(120, 3))
+    with threadpool_limits(2, user_api="blas"):
+        gmm = GMMDetector(components=(1, 2), covariance_types=("full",), cv=3, n_jobs=1).fit(x)
+        gmm.score_samples(x[:5])
+        assert blas_threads() == 2, "the caller's limit is restored"
+    assert seen and set(seen) == {1}, seen
+
+
 def test_cross_validation_folds_ignore_the_order_of_the_images():
     """Three clusters sorted by cluster (a folder sorted by class): unshuffled 3-fold CV holds out whole clusters
     and picks one diagonal component; shuffled folds pick four tied ones. The detectors now pick the shuffled
