@@ -29,6 +29,8 @@ from .metrics import BOOT_SEED, N_BOOT, auroc, auroc_interval, interval, mean_au
 from .store import digest
 
 METHODS = ("DiffPath-1D", "DiffPath-6D", "DiffPathV2", "DiffPathV2-PS", "Pixel PCA", "Border mean")
+NO_MODEL = {"Pixel PCA": "no model: the normal class's pixels, PCA, density",  # the baselines, and what they read
+            "Border mean": "no model: the mean of the image border"}
 CLASS_NAMES = {"fashion_mnist": FASHION_MNIST_CLASSES, "fashion_mnist_full": FASHION_MNIST_CLASSES,
                "mnist": tuple(str(d) for d in range(10)), "digits": tuple(str(d) for d in range(10)),
                "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")}
@@ -112,13 +114,21 @@ def _pixel_scores(train_images, test_images, cache_dir, density: str, seed: int)
 
 def beside_published(summary, published, dataset: str):
     """One dataset's table: this book's rows (one per method and base model) and the published rows below them,
-    indexed by a unique row name. A method run with several base models is named with its setting and model."""
+    indexed by a unique row name. A method run with several base models is named with its setting and model; a
+    baseline that uses no model (:data:`NO_MODEL`) has one row, whatever the base models."""
     import pandas as pd
 
     ours = summary[summary["dataset"] == dataset]
+    # a baseline that uses no model is the same computation under every base model: one row, said to use none
+    no_model = ours["method"].isin(list(NO_MODEL))
+    ours = pd.concat([ours[~no_model], ours[no_model].drop_duplicates(["method", "mean_auroc", "mean_low", "mean_high"])])
     several = ours.groupby("method").size().max() > 1 if len(ours) else False
-    rows = [{"method": f"{r.method} ({r.setting}, {r.base_model})" if several else r.method,
-             "learned from": f"{r.setting}: base model {r.base_model}, density on the normal class",
+
+    def learned_from(r):
+        return NO_MODEL.get(r.method) or f"{r.setting}: base model {r.base_model}, density on the normal class"
+
+    rows = [{"method": f"{r.method} ({r.setting}, {r.base_model})" if several and r.method not in NO_MODEL
+             else r.method, "learned from": learned_from(r),
              "mean AUROC": r.mean_auroc, "95 % interval": f"{r.mean_low:.3f}–{r.mean_high:.3f}",
              "measured by": "this book, the run above"} for r in ours.itertuples()]
     theirs = published[published["dataset"] == dataset].sort_values(["trained_on", "mean_auroc_percent"])

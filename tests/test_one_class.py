@@ -61,7 +61,8 @@ def test_each_task_fits_on_its_normal_class_only(tiny_model, tmp_path, monkeypat
 
 def test_table_beside_published_names_each_base_model_once():
     """Fashion-MNIST runs with two base models (zero-shot and in-domain): each method's two rows get distinct
-    names, the published rows follow, and a clash is an error rather than a table the page cannot style."""
+    names, a baseline that uses no model has one row, the published rows follow, and a clash is an error rather
+    than a table the page cannot style."""
     import pandas as pd
 
     summary = pd.DataFrame([{"dataset": "fashion_mnist", "method": m, "setting": s, "base_model": b,
@@ -73,8 +74,9 @@ def test_table_beside_published_names_each_base_model_once():
                               {"dataset": "mnist", "method": "CSI", "trained_on": "normal class only",
                                "mean_auroc_percent": 99.0, "source": "x", "how_read": "y"}])
     table = one_class_module.beside_published(summary, published, "fashion_mnist")
-    assert table.index.is_unique and len(table) == 5
+    assert table.index.is_unique and len(table) == 4, "Pixel PCA uses no model: one row, not one per base model"
     assert "DiffPath-6D (zero-shot, glyphs)" in table.index and "DiffPath-6D (in-domain, fashion_mnist)" in table.index
+    assert table.loc["Pixel PCA", "learned from"].startswith("no model")
     assert table.loc["CSI", "mean AUROC"] == pytest.approx(0.942) and table.loc["CSI", "95 % interval"] == "not published"
     single = one_class_module.beside_published(summary[summary["setting"] == "zero-shot"], published, "fashion_mnist")
     assert list(single.index[:2]) == ["DiffPath-6D", "Pixel PCA"], "one base model: plain method names"
