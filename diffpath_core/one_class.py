@@ -121,7 +121,8 @@ def beside_published(summary, published, dataset: str):
     ours = summary[summary["dataset"] == dataset]
     # a baseline that uses no model is the same computation under every base model: one row, said to use none
     no_model = ours["method"].isin(list(NO_MODEL))
-    ours = pd.concat([ours[~no_model], ours[no_model].drop_duplicates(["method", "mean_auroc", "mean_low", "mean_high"])])
+    same = ["method", "mean_auroc", "mean_low", "mean_high"]
+    ours = pd.concat([ours[~no_model], ours[no_model].drop_duplicates(same)])
     several = ours.groupby("method").size().max() > 1 if len(ours) else False
 
     def learned_from(r):
