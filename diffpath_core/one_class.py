@@ -115,23 +115,28 @@ def _pixel_scores(train_images, test_images, cache_dir, density: str, seed: int)
 def beside_published(summary, published, dataset: str):
     """One dataset's table: this book's rows (one per method and base model) and the published rows below them,
     indexed by a unique row name. A method run with several base models is named with its setting and model; a
-    baseline that uses no model (:data:`NO_MODEL`) has one row, whatever the base models."""
+    baseline that uses no model (:data:`NO_MODEL`) has one row, unless the base models read images at different
+    sizes (then its results differ, and it has one row per size)."""
     import pandas as pd
 
     ours = summary[summary["dataset"] == dataset]
-    # a baseline that uses no model is the same computation under every base model: one row, said to use none
+    # a baseline that uses no model is the same computation under every base model of one image size: one row
     no_model = ours["method"].isin(list(NO_MODEL))
     same = ["method", "mean_auroc", "mean_low", "mean_high"]
     ours = pd.concat([ours[~no_model], ours[no_model].drop_duplicates(same)])
-    several = ours.groupby("method").size().max() > 1 if len(ours) else False
+    rows_of = ours["method"].value_counts()
 
-    def learned_from(r):
-        return NO_MODEL.get(r.method) or f"{r.setting}: base model {r.base_model}, density on the normal class"
+    def row(r) -> dict:
+        several = rows_of[r.method] > 1
+        if r.method in NO_MODEL:  # several rows only where the base models read images at different sizes
+            learned = NO_MODEL[r.method] + (f", at the image size of {r.base_model}" if several else "")
+        else:
+            learned = f"{r.setting}: base model {r.base_model}, density on the normal class"
+        return {"method": f"{r.method} ({r.setting}, {r.base_model})" if several else r.method,
+                "learned from": learned, "mean AUROC": r.mean_auroc,
+                "95 % interval": f"{r.mean_low:.3f}–{r.mean_high:.3f}", "measured by": "this book, the run above"}
 
-    rows = [{"method": f"{r.method} ({r.setting}, {r.base_model})" if several and r.method not in NO_MODEL
-             else r.method, "learned from": learned_from(r),
-             "mean AUROC": r.mean_auroc, "95 % interval": f"{r.mean_low:.3f}–{r.mean_high:.3f}",
-             "measured by": "this book, the run above"} for r in ours.itertuples()]
+    rows = [row(r) for r in ours.itertuples()]
     theirs = published[published["dataset"] == dataset].sort_values(["trained_on", "mean_auroc_percent"])
     rows += [{"method": r.method, "learned from": r.trained_on, "mean AUROC": r.mean_auroc_percent / 100,
               "95 % interval": "not published", "measured by": f"{r.source} ({r.how_read})"}

@@ -77,6 +77,10 @@ def test_table_beside_published_names_each_base_model_once():
     assert table.index.is_unique and len(table) == 4, "Pixel PCA uses no model: one row, not one per base model"
     assert "DiffPath-6D (zero-shot, glyphs)" in table.index and "DiffPath-6D (in-domain, fashion_mnist)" in table.index
     assert table.loc["Pixel PCA", "learned from"].startswith("no model")
+    resized = summary.copy()  # two base models of different image sizes: the pixel baseline differs, two rows
+    resized.loc[(resized["method"] == "Pixel PCA") & (resized["setting"] == "in-domain"), "mean_auroc"] = 0.75
+    two = one_class_module.beside_published(resized, published, "fashion_mnist")
+    assert {"Pixel PCA (zero-shot, glyphs)", "Pixel PCA (in-domain, fashion_mnist)"} <= set(two.index)
     assert table.loc["CSI", "mean AUROC"] == pytest.approx(0.942) and table.loc["CSI", "95 % interval"] == "not published"
     single = one_class_module.beside_published(summary[summary["setting"] == "zero-shot"], published, "fashion_mnist")
     assert list(single.index[:2]) == ["DiffPath-6D", "Pixel PCA"], "one base model: plain method names"
