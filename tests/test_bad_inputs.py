@@ -47,6 +47,23 @@ def test_wrong_size_resized_only_when_asked(tmp_path):
     assert load_image_folder(tmp_path, size=16, channels=1, resize_images=True).images.shape == (1, 1, 16, 16)
 
 
+def test_values_above_the_declared_depth(tmp_path):
+    """``bits`` N declares the 16-bit files' values N-bit: a larger value is named when its file is decoded."""
+    Image.fromarray(np.full((16, 16), 4095, np.uint16)).save(tmp_path / "fits.png")
+    Image.fromarray(np.full((16, 16), 5000, np.uint16)).save(tmp_path / "hot.png")
+    images = load_image_folder(tmp_path, size=16, channels=1, bits=12)
+    assert float(images.batch(0, 1).max()) == 1.0
+    with pytest.raises(InputError, match=r"hot\.png: values up to 5000, above 4095, the largest 12-bit value"):
+        images.batch(1, 2)
+
+
+@pytest.mark.parametrize("bits", [0, 17, "12", 12.0, True])
+def test_a_depth_that_is_not_one(tmp_path, bits):
+    _png(tmp_path / "x.png")
+    with pytest.raises(InputError, match=r"bits=.*an integer 1\.\.16"):
+        load_image_folder(tmp_path, size=16, channels=1, bits=bits)
+
+
 def test_empty_folder(tmp_path):
     (tmp_path / "notes.txt").write_text("no images here")
     with pytest.raises(InputError, match="folder holds no image files"):

@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -11,7 +12,8 @@ import torch
 from PIL import Image
 
 from diffpath_core.cli import main
-from diffpath_core.datasets import dataset_title, decode_image, load_image_folder
+from diffpath_core.datasets import dataset_title, decode_image, load_image_folder, load_images
+from diffpath_core.datasets.images import image_header
 from diffpath_core.errors import CheckpointError, InputError
 from diffpath_core.evaluate import Evaluation
 from diffpath_core.extraction import Extraction
@@ -149,26 +151,89 @@ def test_labels_are_shortest_distinguishing_suffixes():
 
 # ----------------------------------------------------------------------------- decoding
 
-def _ramp(h=8, w=32):
-    return np.tile(np.linspace(0, 1, w), (h, 1))
+def _loaded(folder, size, channels=1, **kwargs):
+    """What the model reads of a folder's first image (through the decoded storage): (C, H, W) float32 numpy."""
+    return load_image_folder(folder, size=size, channels=channels, **kwargs).batch(0, 1)[0].numpy()
 
 
-@pytest.mark.parametrize("mode,suffix,make,expected", [
-    ("1", ".png", lambda r: (r > 0.5), lambda r: (r > 0.5).astype(np.float32)),
-    ("L", ".png", lambda r: np.round(r * 255).astype(np.uint8), lambda r: np.round(r * 255) / 255),
-    ("I;16", ".png", lambda r: np.round(r * 65535).astype(np.uint16), lambda r: np.round(r * 65535) / 65535),
-    ("I", ".tif", lambda r: np.round(r * 65535).astype(np.int32), lambda r: np.round(r * 65535) / 65535),
-    ("F", ".tif", lambda r: r.astype(np.float32), lambda r: r),
+def _one_file(folder, name, image):
+    folder.mkdir(parents=True, exist_ok=True)
+    image.save(folder / name)
+    return folder
+
+
+_DEPTH_RAMP = np.arange(32 * 32).reshape(32, 32) / (32 * 32 - 1)  # asymmetric: rows and columns differ
+
+
+@pytest.mark.parametrize("mode,suffix,make,expected,atol", [
+    ("1", ".png", lambda r: (r > 0.5), lambda r: (r > 0.5).astype(np.float64), 1e-6),
+    ("L", ".png", lambda r: np.round(r * 255).astype(np.uint8), lambda r: np.round(r * 255) / 255, 1e-6),
+    ("I;16", ".png", lambda r: np.round(r * 65535).astype(np.uint16), lambda r: np.round(r * 65535) / 65535, 1e-6),
+    ("I", ".tif", lambda r: np.round(r * 65535).astype(np.int32), lambda r: np.round(r * 65535) / 65535, 1e-6),
+    ("F", ".tif", lambda r: r.astype(np.float32), lambda r: r, 1.6e-5),  # kept at 16 bits: ±1/65535 in [-1, 1]
 ])
-def test_every_depth_is_scaled_by_its_range(tmp_path, mode, suffix, make, expected):
-    r = _ramp()
-    path = tmp_path / f"ramp{suffix}"
-    img = Image.fromarray(make(r))
+def test_every_depth_reaches_the_model_at_its_precision(tmp_path, mode, suffix, make, expected, atol):
+    """Each depth scaled by its own range (a 16-bit ramp is not read as 8-bit, nor cut to 8 bits on the way): the
+    values the model reads from a folder are the file's, to the precision of its depth."""
+    img = Image.fromarray(make(_DEPTH_RAMP))
     assert img.mode == mode
-    img.save(path)
-    got = decode_image(path)
-    np.testing.assert_allclose(got, expected(r), atol=1e-6)
-    assert 0.45 < got.mean() < 0.55, "a 0..max ramp averages one half, not white"
+    got = _loaded(_one_file(tmp_path / "set", f"ramp{suffix}", img), size=32)[0]
+    np.testing.assert_allclose(got, 2 * expected(_DEPTH_RAMP) - 1, atol=atol)
+    assert abs(float(got.mean())) < 0.05, "a 0..max ramp averages the middle of [-1, 1], not white"
+    if mode in ("I;16", "I"):
+        assert len(np.unique(got)) == 1024, "all 1,024 levels of the 16-bit ramp reach the model"
+
+
+def _twelve_bit_png(path, seed=0):
+    """A 32×32 16-bit PNG whose 1,024 pixels hold 1,024 distinct values of the 12-bit range (0 and 4095 among them).
+    Returns the values."""
+    values = np.round(np.linspace(0, 4095, 1024)).astype(np.uint16)
+    assert len(np.unique(values)) == 1024
+    image = np.random.default_rng(seed).permutation(values).reshape(32, 32)
+    Image.fromarray(image).save(path)
+    return image
+
+
+def test_twelve_bit_data_in_16_bit_files_keeps_every_level(tmp_path):
+    """12-bit data in a 16-bit file reaches the model with all its 1,024 values (not 17), with a warning naming the
+    file and the option; with bits=12 its values span [-1, 1] and nothing is said."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    values = _twelve_bit_png(folder / "scan.png")
+    as_16_bit = load_image_folder(folder, size=32, channels=1)
+    with pytest.warns(UserWarning, match="use only their low bits") as said:
+        x = as_16_bit.batch(0, 1)
+    assert len(torch.unique(x)) == 1024, "every level reaches the model"
+    np.testing.assert_allclose(x[0, 0].numpy(), values / 32767.5 - 1, atol=1e-6)  # read as 16-bit data
+    message = str(said[0].message)
+    assert "scan.png" in message and "largest value 4095" in message
+    assert "bits=12" in message and "--bits 12" in message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        as_16_bit.batch(0, 1)  # decoded already: said once
+        as_twelve = load_image_folder(folder, size=32, channels=1, bits=12)
+        y = as_twelve.batch(0, 1)
+    assert len(torch.unique(y)) == 1024
+    assert float(y.min()) == -1.0 and float(y.max()) == 1.0, "the 12-bit range spans the model's range"
+    np.testing.assert_allclose(y[0, 0].numpy(), 2 * values / 4095 - 1, atol=1.6e-5)  # kept at 16 bits
+    assert as_twelve.identity != as_16_bit.identity, "another reading of the bytes, another cache entry"
+    assert load_images(str(folder), None, size=32, channels=1, bits=12).identity == as_twelve.identity
+
+
+def test_the_low_bits_warning_names_a_few_files_then_a_count(tmp_path):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for i in range(7):
+        _twelve_bit_png(folder / f"scan_{i}.png", seed=i)
+    Image.fromarray(np.full((32, 32), 60000, np.uint16)).save(folder / "deep.png")  # uses its 16 bits
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(folder / "plain.png")       # 8-bit: not concerned
+    with pytest.warns(UserWarning) as said:
+        load_image_folder(folder, size=32, channels=1).images
+    low = [str(w.message) for w in said if "low bits" in str(w.message)]
+    assert len(low) == 1, "one warning per set"
+    assert "7 of the 8 16-bit file(s)" in low[0]
+    assert "scan_0.png, scan_1.png, scan_2.png, scan_3.png, scan_4.png and 2 more" in low[0]
+    assert "deep.png" not in low[0] and "plain.png" not in low[0]
 
 
 def test_colour_palette_alpha_and_cmyk(tmp_path):
@@ -197,12 +262,90 @@ def test_out_of_range_depths_are_refused_by_name(tmp_path):
         decode_image(tmp_path / "deep.tif")
 
 
-def test_exif_orientation_is_applied(tmp_path):
-    img = Image.fromarray(np.zeros((8, 16), np.uint8), "L")
+@pytest.mark.parametrize("orientation,upright", [
+    (1, lambda a: a),
+    (3, lambda a: np.rot90(a, 2)),
+    (6, lambda a: np.rot90(a, -1)),  # stored turned left: shown turned 90° clockwise
+    (8, lambda a: np.rot90(a, 1)),   # stored turned right: shown turned 90° counter-clockwise
+])
+def test_exif_orientation_is_applied(tmp_path, orientation, upright):
+    """A phone photo reaches the model upright: an asymmetric image, so 6 and 8 (and no rotation) differ."""
+    stored = np.arange(256, dtype=np.uint8).reshape(16, 16)
     exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90° clockwise when shown
-    img.save(tmp_path / "phone.jpg", exif=exif)
-    assert decode_image(tmp_path / "phone.jpg").shape == (16, 8)
+    exif[0x0112] = orientation
+    Image.fromarray(stored, "L").save(tmp_path / "phone.png", exif=exif)
+    got = _loaded(tmp_path, size=16)[0]
+    np.testing.assert_allclose(got, upright(stored) / 127.5 - 1, atol=1e-6)
+    if orientation in (6, 8):  # the header check sees the upright size too: 16 wide and 8 high stored, 8 × 16 shown
+        Image.fromarray(stored[:8], "L").save(tmp_path / "phone.png", exif=exif)
+        with pytest.raises(InputError, match=r"phone\.png: size 8×16, the model expects 16×16"):
+            load_image_folder(tmp_path, size=16, channels=1)
+
+
+class _Reader:
+    """Stands in for a Pillow reader of a mode no file format of Pillow 13 opens in (HSV, RGBX, RGBa): ``Image.open``
+    of a registered path gives the prepared image of that mode; every other path goes to Pillow."""
+
+    def __init__(self, monkeypatch):
+        self.images, self.real = {}, Image.open
+        monkeypatch.setattr(Image, "open", self.open)
+
+    def open(self, fp, *args, **kwargs):
+        return self.images[str(fp)].copy() if str(fp) in self.images else self.real(fp, *args, **kwargs)
+
+    def add(self, path, image):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", image.size).save(path)  # a real file (listed, hashed); its pixels are the image's
+        self.images[str(path)] = image
+
+
+def test_modes_pillow_converts_load_through_a_folder(tmp_path, monkeypatch):
+    """LAB, HSV, RGBX, YCbCr (converted to RGB by Pillow) and premultiplied alpha (La, RGBa: the stored colour is
+    already the image over black) pass the header check and reach the model with the expected values."""
+    import tifffile
+
+    ramp = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    neutral = half = np.full((16, 16), 128, np.uint8)  # neutral chroma; alpha one half
+    colour = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    for mode in ("LAB", "YCbCr"):  # files Pillow writes and reads in these modes
+        (tmp_path / mode.lower()).mkdir()
+        bands = [Image.fromarray(b) for b in (ramp, neutral, neutral)]
+        Image.merge(mode, bands).save(tmp_path / mode.lower() / "x.tif")
+    (tmp_path / "la").mkdir()  # grey with premultiplied alpha: a TIFF with an associated alpha sample
+    tifffile.imwrite(tmp_path / "la" / "x.tif", np.dstack([ramp, half]), photometric="minisblack",
+                     extrasamples=["assocalpha"])
+    reader = _Reader(monkeypatch)
+    no_saturation = Image.merge("HSV", [Image.fromarray(b) for b in (colour[..., 0], np.zeros_like(ramp), ramp)])
+    reader.add(tmp_path / "hsv" / "x.png", no_saturation)
+    reader.add(tmp_path / "rgbx" / "x.png", Image.frombytes("RGBX", (16, 16), np.dstack([colour, ramp]).tobytes()))
+    reader.add(tmp_path / "rgba" / "x.png", Image.frombytes("RGBa", (16, 16), np.dstack([colour, half]).tobytes()))
+    for mode in ("LAB", "YCbCr", "La", "HSV", "RGBX", "RGBa"):
+        folder = tmp_path / mode.lower()
+        path = next(folder.iterdir())
+        with Image.open(path) as im:
+            assert im.mode == mode
+        assert image_header(path)[1:] == ((1, 8) if mode == "La" else (3, 8))
+    grey = {m: _loaded(tmp_path / m, size=16, channels=3) for m in ("lab", "ycbcr", "hsv")}
+    for m, got in grey.items():  # neutral colours: R = G = B (to one level), rising with the lightness band
+        np.testing.assert_allclose(got[1:], got[[0, 0]], atol=1.01 / 127.5, err_msg=m)
+        assert (np.diff(got[0].ravel()) >= 0).all() and got[0].min() < -0.95 and got[0].max() > 0.95, m
+    np.testing.assert_allclose(grey["hsv"][0], ramp / 127.5 - 1, atol=1e-6)  # no saturation: the value band
+    np.testing.assert_allclose(grey["ycbcr"][0], ramp / 127.5 - 1, atol=1.01 / 127.5)  # luma, to Pillow's rounding
+    np.testing.assert_allclose(_loaded(tmp_path / "la", size=16)[0], ramp / 127.5 - 1, atol=1e-6)
+    np.testing.assert_allclose(_loaded(tmp_path / "rgbx", size=16, channels=3), colour.transpose(2, 0, 1) / 127.5 - 1,
+                               atol=1e-6)  # the padding band dropped
+    np.testing.assert_allclose(_loaded(tmp_path / "rgba", size=16, channels=3), colour.transpose(2, 0, 1) / 127.5 - 1,
+                               atol=1e-6)  # premultiplied: the stored colour is the image over black
+
+
+@pytest.mark.filterwarnings("ignore:.*use only their low bits")  # a blank 16-bit image is said to be one
+@pytest.mark.parametrize("mode", Image.MODES)
+def test_every_pillow_mode_has_one_channel_count(tmp_path, monkeypatch, mode):
+    """Whatever mode a file opens in, the header check and the decoder agree on its channels."""
+    reader = _Reader(monkeypatch)
+    reader.add(tmp_path / "set" / "x.png", Image.new(mode, (4, 4)))
+    _, channels, _ = image_header(tmp_path / "set" / "x.png")
+    assert load_image_folder(tmp_path / "set", size=4, channels=channels).images.shape == (1, channels, 4, 4)
 
 
 # ----------------------------------------------------------------------------- folders

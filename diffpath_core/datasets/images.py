@@ -3,9 +3,9 @@
 Every loader returns an :class:`ImageSet` whose ``identity`` names the source bytes and the preprocessing,
 so the feature cache can tell two versions of "the same" dataset apart. Images are produced where they are
 needed, a range at a time (:meth:`ImageSet.batch`): arrays already in memory are converted per batch, files
-are decoded in parallel threads and kept as uint8 at the model's size, never at their full resolution, and a
-set whose statistics are all cached is never decoded at all. Files are decoded by :func:`decode_image`'s
-explicit rules.
+are decoded in parallel threads and kept at the model's size as uint8 (uint16 for a set of 16-bit files), never
+at their full resolution, and a set whose statistics are all cached is never decoded at all. Files are decoded
+by :func:`decode_image`'s explicit rules.
 """
 from __future__ import annotations
 
@@ -65,15 +65,26 @@ class ArraySource:
 
 
 class FileSource:
-    """Image files, decoded on demand in parallel threads by ``decode(path) -> (C, H, W) uint8 at the model's
-    size``; each decoded image is kept as uint8 (C·H·W bytes), so memory follows the model's size, not the
-    files'. ``decoded`` counts the files decoded so far (a cached run decodes none)."""
+    """Image files, decoded on demand in parallel threads by ``decode(path) -> (C, H, W) float in [-1, 1] at the
+    model's size``. Each decoded image is kept at ``bits`` per value: 8 (uint8, C·H·W bytes) for 8-bit files, 16
+    (uint16) for a set holding deeper files, so memory follows the model's size, not the files', and 16-bit data
+    keeps its 65,536 levels. ``decoded`` counts the files decoded so far (a cached run decodes none);
+    ``after_decoding()``, if given, runs after each batch that decoded files (a loader's warnings on what the
+    pixels showed)."""
 
-    def __init__(self, paths: list[Path], decode, channels: int, size: int):
-        self.paths, self.decode = list(paths), decode
-        self.pixels = torch.zeros((len(self.paths), channels, size, size), dtype=torch.uint8)
+    def __init__(self, paths: list[Path], decode, channels: int, size: int, *, bits: int = 8, after_decoding=None):
+        if bits not in (8, 16):
+            raise ValueError(f"a FileSource keeps 8 or 16 bits per value, not {bits}")
+        self.paths, self.decode, self.after_decoding = list(paths), decode, after_decoding
+        self.levels = 2 ** bits - 1
+        self.pixels = torch.zeros((len(self.paths), channels, size, size),
+                                  dtype=torch.uint8 if bits == 8 else torch.uint16)
         self.done = np.zeros(len(self.paths), dtype=bool)
         self.decoded = 0
+
+    def stored(self, path: Path) -> torch.Tensor:
+        """One file decoded and quantised to the stored depth (in the decoding thread: no float copy is kept)."""
+        return self.decode(path).add(1.0).mul_(self.levels / 2).round_().clamp_(0, self.levels).to(self.pixels.dtype)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -88,14 +99,16 @@ class FileSource:
             workers = min(decode_workers(), len(todo))
             if workers > 1:
                 with ThreadPoolExecutor(workers, thread_name_prefix="diffpath-decode") as pool:
-                    decoded = list(pool.map(lambda i: self.decode(self.paths[i]), todo))
+                    decoded = list(pool.map(lambda i: self.stored(self.paths[i]), todo))
             else:
-                decoded = [self.decode(self.paths[i]) for i in todo]
+                decoded = [self.stored(self.paths[i]) for i in todo]
             for i, pixels in zip(todo, decoded):
                 self.pixels[i] = pixels
             self.done[todo] = True
             self.decoded += len(todo)
-        return self.pixels[lo:hi].float().div(127.5).sub(1.0)
+            if self.after_decoding is not None:
+                self.after_decoding()
+        return self.pixels[lo:hi].float().div(self.levels / 2).sub(1.0)
 
 
 class ImageSet:
@@ -173,11 +186,6 @@ def check_images(images: torch.Tensor, source: str) -> torch.Tensor:
     return images
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """float images in [-1, 1] → uint8 (the inverse of :func:`uint8_to_model_range`, rounded)."""
-    return images.add(1.0).mul(127.5).round_().clamp_(0, 255).to(torch.uint8)
-
-
 def uint8_to_model_range(array: np.ndarray) -> torch.Tensor:
     """(N, H, W) or (N, H, W, C) uint8 → (N, C, H, W) float32 in [-1, 1]."""
     x = torch.from_numpy(np.array(array, copy=True))
@@ -212,14 +220,25 @@ def identity(*parts: object) -> str:
     return digest("|".join(map(str, parts)))
 
 
-_MODE_CHANNELS = {"1": 1, "L": 1, "LA": 1, "I": 1, "F": 1, "P": 3, "PA": 3, "RGB": 3, "RGBA": 3, "CMYK": 3,
-                  "YCbCr": 3}
+# Every Pillow mode a file can open in, with the channels decode_image gives it (grey 1, colour 3): the header
+# check and the decoder read this one table, so a file the decoder converts is never refused by the header.
+_MODE_CHANNELS = {"1": 1, "L": 1, "LA": 1, "La": 1, "I": 1, "F": 1, "I;16": 1, "I;16L": 1, "I;16B": 1, "I;16N": 1,
+                  "P": 3, "PA": 3, "RGB": 3, "RGBA": 3, "RGBa": 3, "RGBX": 3, "CMYK": 3, "YCbCr": 3, "LAB": 3,
+                  "HSV": 3}
+_AS_IS = ("1", "L", "LA", "La", "RGB", "RGBA", "RGBa", "I", "F")  # decoded without a Pillow conversion
+_PREMULTIPLIED = ("La", "RGBa")  # alpha already applied to the colour bands: they are the image over black
 
 
-def image_header(path: Path) -> tuple[tuple[int, int], int]:
-    """((height, width) as displayed, channels after :func:`decode_image`) from a file's header, without decoding
-    its pixels; the file's structure is verified (``PIL.Image.verify``), so a cut or damaged file is refused here.
-    Raises :class:`InputError` naming the file and the problem."""
+def mode_depth(mode: str) -> int:
+    """Bits per value of a Pillow mode as decoded: 16 for I;16* and I (32-bit integers accepted when they fit 16
+    bits), 32 for F (float), 8 for every other mode."""
+    return 16 if mode == "I" or mode.startswith("I;16") else 32 if mode == "F" else 8
+
+
+def image_header(path: Path) -> tuple[tuple[int, int], int, int]:
+    """((height, width) as displayed, channels after :func:`decode_image`, bits per value (:func:`mode_depth`))
+    from a file's header, without decoding its pixels; the file's structure is verified (``PIL.Image.verify``),
+    so a cut or damaged file is refused here. Raises :class:`InputError` naming the file and the problem."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -234,24 +253,28 @@ def image_header(path: Path) -> tuple[tuple[int, int], int]:
         raise InputError(f"{path}: unsupported image mode {mode!r}; save it as 8- or 16-bit grey or RGB")
     if orientation in (5, 6, 7, 8):  # EXIF rotations by 90°: decode_image shows it upright
         w, h = h, w
-    return (h, w), _MODE_CHANNELS.get(mode, 1)
+    return (h, w), _MODE_CHANNELS.get(mode, 1), mode_depth(mode)
 
 
-def decode_image(path: Path) -> np.ndarray:
+def decode_image(path: Path, bits: int | None = None) -> np.ndarray:
     """One image file as float32 in [0, 1], (H, W) grey or (H, W, 3) colour, by explicit rules.
 
     - EXIF orientation is applied (a phone photo shows upright);
     - integer modes are scaled by their bit depth: 1 (0/1), L, P, RGB, CMYK, YCbCr (/255), I;16 (/65535),
       I (32-bit; accepted when its values fit 16 bits, /65535, as 16-bit PNGs often decode to it);
+    - ``bits`` N says that the values of the 16-bit modes (I;16, I) are N-bit data (12-bit data in a 16-bit
+      container): they are scaled by 2^N − 1 instead, and a value above that is an error; 8-bit modes keep /255;
     - F (float) must already lie in [0, 1];
+    - CMYK, YCbCr, LAB, HSV and RGBX are converted to RGB by Pillow;
     - an alpha channel (LA, RGBA, PA, P with transparency) is composited over black, the background of the
-      offline datasets;
+      offline datasets; premultiplied alpha (La, RGBa) is that composite already, so its alpha is dropped;
     - a file whose structure or checksums are damaged (``PIL.Image.verify``) is refused even if it decodes.
 
     Anything else raises :class:`InputError` naming the file and the problem.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    check_bits(bits)
     try:
         with Image.open(path) as im:
             im.verify()  # structure and checksums: a cut or damaged file is refused even if its pixels decode
@@ -262,22 +285,25 @@ def decode_image(path: Path) -> np.ndarray:
             if mode == "P" or mode == "PA":
                 im = im.convert("RGBA" if ("transparency" in im.info or mode == "PA") else "RGB")
                 mode = im.mode
-            elif mode not in ("1", "L", "LA", "RGB", "RGBA", "I", "F") and not mode.startswith("I;16"):
-                im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV: Pillow's conversion to RGB
+            elif mode not in _AS_IS and not mode.startswith("I;16"):
+                im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX: Pillow's conversion to RGB
                 mode = "RGB"
             arr = np.asarray(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise InputError(f"{path}: unreadable or truncated image ({type(exc).__name__}: {exc})") from exc
     if mode == "1":
         out = arr.astype(np.float32)
-    elif mode.startswith("I;16"):
-        out = arr.astype(np.float32) / 65535.0
-    elif mode == "I":
+    elif mode_depth(mode) == 16:
         lo, hi = int(arr.min()), int(arr.max())
         if lo < 0 or hi > 65535:
             raise InputError(f"{path}: 32-bit integer image with values in [{lo}, {hi}]; only values that fit "
                              "16 bits (0..65535) have a known range; save it as 8- or 16-bit")
-        out = arr.astype(np.float32) / 65535.0
+        top = 65535 if bits is None else 2 ** bits - 1
+        if hi > top:
+            raise InputError(f"{path}: values up to {hi}, above {top}, the largest {bits}-bit value; bits={bits} "
+                             "(CLI: --bits) must be the depth of every 16-bit file of the set (leave it unset for "
+                             "16-bit data)")
+        out = arr.astype(np.float32) / np.float32(top)
     elif mode == "F":
         lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
         if not np.isfinite(arr).all() or lo < 0.0 or hi > 1.0:
@@ -287,12 +313,19 @@ def decode_image(path: Path) -> np.ndarray:
     else:
         out = arr.astype(np.float32)
         out *= np.float32(1.0 / 255.0)  # in place: one full-resolution float copy, not two
-    if mode in ("LA", "RGBA"):
+    if mode in ("LA", "RGBA", "La", "RGBa"):
         colour, alpha = out[..., :-1], out[..., -1:]
-        out = colour * alpha  # composited over black
-        if mode == "LA":
+        out = colour if mode in _PREMULTIPLIED else colour * alpha  # composited over black
+        if mode in ("LA", "La"):
             out = out[..., 0]
     return out
+
+
+def check_bits(bits: int | None) -> None:
+    """``bits`` is None (16-bit files are 16-bit data) or the depth N of the values in 16-bit files, 1..16."""
+    if bits is not None and (isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 16):
+        raise InputError(f"bits={bits!r}: give the depth of the values in the 16-bit files, an integer 1..16 "
+                         "(12 for 12-bit data stored in 16-bit files), or leave it unset")
 
 
 class FileImages:
@@ -328,17 +361,10 @@ class FileImages:
         left, top = (w - side) // 2, (h - side) // 2
         return np.array(im.crop((left, top, left + side, top + side)).resize((size, size), Image.BILINEAR))
 
-    def decode(self, indices, size: int) -> np.ndarray:
-        """The files of ``indices`` as (n, size, size, 3) uint8."""
-        out = np.empty((len(indices), size, size, 3), dtype=np.uint8)
-        for j, i in enumerate(indices):
-            out[j] = self.decode_one(self.paths[i], size)
-        return out
-
     def source(self, size: int, channels: int, name: str) -> FileSource:
         """A :class:`FileSource` that decodes these files in parallel, at ``size`` with ``channels``."""
         def one(path: Path) -> torch.Tensor:
             rgb = torch.from_numpy(self.decode_one(path, size)).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
-            return to_uint8(convert_channels(rgb, channels, name))[0]
+            return convert_channels(rgb, channels, name)[0]  # kept as uint8 by the source
 
         return FileSource(self.paths, one, channels, size)

@@ -88,11 +88,11 @@ def load_images(source: str, split: str | None = "test", **kwargs) -> ImageSet:
     """A registered dataset name or a folder path, whichever ``source`` is.
 
     For a folder, ``split`` None takes every image and "train" / "test" its disjoint parts (see
-    :func:`load_image_folder`).
+    :func:`load_image_folder`); ``bits`` concerns 16-bit files only, so a registered (8-bit) set ignores it.
     """
     if is_folder_source(source):
-        folder_kwargs = {k: kwargs[k] for k in ("size", "channels", "resize_images", "convert", "limit", "seed")
-                         if k in kwargs}
+        folder_kwargs = {k: kwargs[k] for k in ("size", "channels", "resize_images", "convert", "limit", "seed",
+                                                "bits") if k in kwargs}
         return load_image_folder(source, split=split, **folder_kwargs)
     dataset_kwargs = {k: kwargs[k] for k in ("size", "channels", "limit", "seed", "data_dir", "download")
                       if k in kwargs}
