@@ -48,6 +48,34 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _bits_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bits", type=int, default=None, metavar="N",
+                   help="folder images: the 16-bit files hold N-bit values (e.g. 12 for 12-bit data in 16-bit files); "
+                        "scale them by 2^N-1 instead of 65535 (8-bit files are unaffected)")
+
+
+class _Listed:
+    """The choices of an option, read from the module that keeps the list when first asked for (a value to check,
+    or the sub-command's help), so building the parser imports nothing."""
+
+    def __init__(self, module: str, *lists: str):
+        self.module, self.lists, self._names = module, lists, None
+
+    def names(self) -> tuple[str, ...]:
+        if self._names is None:
+            import importlib
+
+            module = importlib.import_module(f"{__package__}.{self.module}")
+            self._names = tuple(n for name in self.lists for n in getattr(module, name))
+        return self._names
+
+    def __contains__(self, value) -> bool:
+        return value in self.names()
+
+    def __iter__(self):
+        return iter(self.names())
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line (and exit status 2), pointing at --help."""
 
@@ -68,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", default=None, help="write statistics and features to this .npz")
     f.add_argument("--chunk-size", type=int, default=256,
                    help="images per cache chunk, the unit of resumption and of sharding (default: %(default)s)")
+    _bits_option(f)
     _common(f)
 
     e = sub.add_parser("evaluate", help="fit on ID train, score ID test and OOD test sets; print AUROC / FPR95")
@@ -113,14 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("--id", dest="id_set", required=True, help="ID dataset or folder of normal images to fit on")
     mp.add_argument("--images", required=True, help="dataset name or folder of images to map")
     mp.add_argument("--out", required=True, help="folder for one overlay PNG per image and maps.csv")
-    mp.add_argument("--method", default="DiffPathV2", choices=("DiffPath-6D", "DiffPathV2", "DiffPathV2-PS"),
-                    help="whose map (default: %(default)s)")
-    mp.add_argument("--defects", default=None, metavar="KIND",
+    mp.add_argument("--method", default="DiffPathV2", choices=_Listed("evaluate", "METHODS", "VARIANTS"),
+                    metavar="METHOD", help="whose map: %(choices)s (DiffPath-1D and -6D share DiffPath's map; "
+                                           "default: %(default)s)")
+    mp.add_argument("--defects", default=None, metavar="KIND", choices=_Listed("datasets.defects", "DEFECT_KINDS"),
                     help="put a synthetic defect of this kind into each image first and write its mask too "
-                         "(patch:mnist, patch:glyphs, cutpaste, scratch, blot, blur, contrast, rotation)")
+                         "(%(choices)s)")
     mp.add_argument("--n-train", type=int, default=2000, help="ID training images (default: %(default)s)")
     mp.add_argument("--limit", type=int, default=None, help="map at most this many images (random, seeded)")
     mp.add_argument("--seed", type=int, default=0)
+    _bits_option(mp)
     _common(mp)
 
     t = sub.add_parser("train", help="train a base diffusion model (resumes from --run-dir)")
@@ -178,7 +209,7 @@ def cmd_features(args) -> int:
     model = _model(args)
     images = load_images(args.source, None if is_folder_source(args.source) else args.split, size=model.image_size,
                          channels=model.in_channels, limit=args.limit, resize_images=args.resize,
-                         convert=args.convert_channels)
+                         convert=args.convert_channels, bits=args.bits)
     if folder_summary(images):
         print(folder_summary(images), file=sys.stderr)
     v2_detector = DiffPathV2()
@@ -282,10 +313,41 @@ def cmd_select_maps(args) -> int:
     return 0
 
 
+OVERLAY_BATCH = 256  # images converted at a time for the overlays: linear work, bounded memory
+
+
+def overlay_names(images, defects: str | None = None) -> list[str]:
+    """A readable name per image, unique within the set, for its overlay file and its row of maps.csv: a folder's
+    file by its path under the folder without the suffix (``a/x.png`` and ``b/x.png`` give ``a/x`` and ``b/x``,
+    overlays in matching subfolders; ``x.png`` beside ``x.jpg`` keep their suffixes, ``x_png`` and ``x_jpg``), a
+    registered dataset's image by split and index (``fashion_mnist_test_12``); ``-KIND`` appended for defects."""
+    from collections import Counter
+    from pathlib import PurePosixPath
+
+    from .datasets import item_names
+
+    files = images.meta.get("files")
+    if files is None:
+        wanted = list(item_names(images))
+    else:
+        stems = [PurePosixPath(f).with_suffix("").as_posix() for f in files]
+        repeated = Counter(stems)
+        wanted = [s if repeated[s] == 1 else f"{s}_{PurePosixPath(f).suffix.lstrip('.')}" for f, s in zip(files, stems)]
+    suffix = "" if defects is None else "-" + defects.replace(":", "-")
+    names, taken = [], set()
+    for name in (w.replace(" ", "_").replace("#", "") + suffix for w in wanted):
+        unique, k = name, 2
+        while unique in taken:  # only names that differed by spaces or '#' can still meet here
+            unique, k = f"{name}-{k}", k + 1
+        taken.add(unique)
+        names.append(unique)
+    return names
+
+
 def cmd_maps(args) -> int:
     import numpy as np
 
-    from .datasets import is_folder_source, item_names, load_images
+    from .datasets import is_folder_source, load_images
     from .datasets.defects import make_defects
     from .evaluate import make_method, write_rows_csv
     from .metrics import aupro, pixel_auroc
@@ -295,17 +357,15 @@ def cmd_maps(args) -> int:
     check_sources([args.id_set, args.images])
     model = _model(args)
     common = dict(size=model.image_size, channels=model.in_channels, resize_images=args.resize,
-                  convert=args.convert_channels, seed=args.seed)
+                  convert=args.convert_channels, seed=args.seed, bits=args.bits)
     train = load_images(args.id_set, None if is_folder_source(args.id_set) else "train", limit=args.n_train, **common)
     images = load_images(args.images, None if is_folder_source(args.images) else "test", limit=args.limit, **common)
-    names = [Path(n).stem for n in item_names(images, args.images)]
+    names = overlay_names(images, args.defects)
     files = [Path(images.meta["root"]) / f for f in images.meta["files"]] if "root" in images.meta else None
     masks = None
     if args.defects:  # the defective images exist at the model's size only: overlays are drawn there
-        defects = make_defects(images.images, args.defects, seed=args.seed, source=images.identity)
+        defects = make_defects(images.images, args.defects, seed=args.seed, source=images.name)
         images, masks, files = defects.as_image_set(), defects.masks.numpy(), None
-        names = [f"{n}-{args.defects.replace(':', '-')}" for n in names]
-    names = [n.replace(" ", "_").replace("#", "") for n in names]
     det = make_method(args.method)
     det.model = _extraction(args, model)
     det.fit(train)
@@ -313,10 +373,17 @@ def cmd_maps(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     shown = maps.original if maps.original is not None else list(maps.maps)
+
+    def each_image():  # converted a batch at a time: each image once, never the whole set per image
+        for lo in range(0, len(images), OVERLAY_BATCH):
+            yield from enumerate(images.batch(lo, lo + OVERLAY_BATCH), start=lo)
+
     rows = []
-    for i in progress_bar(range(len(images)), desc="overlays", unit="image", progress=not args.quiet):
+    for i, image in progress_bar(each_image(), total=len(images), desc="overlays", unit="image",
+                                 progress=not args.quiet):
         overlay = f"{names[i]}_map.png"
-        save_overlay(images.images[i], shown[i], out / overlay, source_file=None if files is None else files[i],
+        (out / overlay).parent.mkdir(parents=True, exist_ok=True)
+        save_overlay(image, shown[i], out / overlay, source_file=None if files is None else files[i],
                      mask=None if masks is None else masks[i], title=f"{names[i]}: score {scores[i]:.2f}")
         rows.append({"image": names[i], "score": float(scores[i]), "map_max": float(maps.maps[i].max()),
                      "map_mean": float(maps.maps[i].mean()), "overlay": overlay})

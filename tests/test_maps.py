@@ -1,5 +1,6 @@
 """Anomaly maps: the defects they are judged on, the maps themselves, the metrics, the command and the defaults."""
 import csv
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from diffpath_core import DiffPathV2, Extraction, load_dataset
 from diffpath_core.api import DEFAULT_MAPS
 from diffpath_core.cli import main
 from diffpath_core.datasets.defects import CHANGED, DEFECT_KINDS, make_defects
+from diffpath_core.errors import InputError
 from diffpath_core.maps import MapForm, MapReference, anomaly_maps, map_candidates
 from diffpath_core.metrics import aupro, image_auroc, pixel_auroc
 
@@ -21,17 +23,61 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # ----------------------------------------------------------------------------- defects
 
+def _in_its_region(kind, mask, values, size, side):
+    """Whether the changed pixels of one image (``mask`` (H, W) bool, their values (C, n)) lie in the region a defect
+    of ``kind`` is put in, judged from the pixels alone: a size × size box; a thin straight line of white, at most
+    12/32 of the side long (scratch); an ellipse of one value inside a size × size box (blot)."""
+    ys, xs = np.nonzero(mask)
+    height, width = np.ptp(ys) + 1, np.ptp(xs) + 1
+    if kind == "scratch":  # along the pixels' principal axis: at most a pixel off it, at most the length along
+        points = np.c_[ys, xs] - np.c_[ys, xs].mean(0)
+        along, across = np.linalg.svd(points, full_matrices=False)[2] if len(points) > 1 else np.eye(2)
+        return bool((values == 1.0).all() and np.abs(points @ across).max() <= 1.0
+                    and np.ptp(points @ along) <= 12 * side / 32 + 1.5)
+    if height > size or width > size:
+        return False
+    if kind == "blot":  # inside the ellipse inscribed in the changed pixels' bounding box (grown by a pixel)
+        cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
+        ellipse = ((ys - cy) / (height / 2 + 0.5)) ** 2 + ((xs - cx) / (width / 2 + 0.5)) ** 2 <= 1.0
+        return bool((values == values[:, :1]).all() and ellipse.all())
+    return True
+
+
+@pytest.mark.parametrize("side", [16, 32, 64, 96, 128])
 @pytest.mark.parametrize("kind", DEFECT_KINDS)
-def test_defects_are_local_seeded_and_masked_exactly(kind):
-    clean = load_dataset("fashion_mnist", "test", limit=12, seed=0).images
-    a, b = make_defects(clean, kind, seed=1), make_defects(clean, kind, seed=1)
+def test_defects_are_local_seeded_and_masked_exactly(kind, side):
+    """At every model size: outside the mask each defective image is the clean one, bit for bit; inside, every pixel
+    moved by more than CHANGED; and the changed pixels lie in the region the defect was put in."""
+    # halved, so no clean value lies within CHANGED of a blot's (|v| >= 0.6) or a scratch's (1): every pixel of those
+    # regions changes, and the changed pixels show the region's whole shape
+    clean = 0.5 * load_dataset("fashion_mnist", "test", limit=12, seed=0, size=side).images
+    size = side * 5 // 16
+    a, b = make_defects(clean, kind, seed=1, size=size), make_defects(clean, kind, seed=1, size=size)
     assert torch.equal(a.images, b.images) and torch.equal(a.masks, b.masks), "seeded"
-    changed = (a.images - clean).abs().amax(1) > CHANGED
-    assert torch.equal(a.masks, changed), "the mask is the changed pixels"
+    assert not torch.equal(make_defects(clean, kind, seed=2, size=size).images, a.images)
+    assert (a.kind, a.seed, a.size) == (kind, 1, size)
+    differs = (a.images != clean).any(1)
+    assert not (differs & ~a.masks).any(), "outside the mask: the clean image, bit for bit"
+    assert ((a.images - clean).abs().amax(1)[a.masks] > CHANGED).all(), "inside the mask: a visible change"
+    for i in range(len(clean)):
+        if a.masks[i].any():
+            assert _in_its_region(kind, a.masks[i].numpy(), a.images[i][:, a.masks[i]].numpy(), size, side), i
     assert a.masks.any(dim=(1, 2)).float().mean() >= 0.5, "most images get a visible defect"
     assert a.masks.float().mean() < 0.2, "defects are local"
     assert float(a.images.min()) >= -1 and float(a.images.max()) <= 1
-    assert not torch.equal(make_defects(clean, kind, seed=2).images, a.images)
+
+
+def test_a_defect_sets_identity_names_its_clean_images_kind_seed_and_size():
+    """Another seed, size, kind or clean set is another cache entry; the same defects are the same entry."""
+    clean = load_dataset("fashion_mnist", "test", limit=6, seed=0).images
+
+    def key(images=clean, kind="blot", seed=0, size=None):
+        return make_defects(images, kind, seed=seed, size=size).as_image_set().identity
+
+    assert key() == key()
+    assert len({key(), key(seed=1), key(size=6), key(kind="scratch"), key(images=clean.flip(-1))}) == 5
+    with pytest.raises(InputError, match="defect size 40 does not fit 32×32 images"):
+        make_defects(clean, "blot", size=40)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -180,3 +226,55 @@ def test_original_sizes_come_back_for_folder_images(tiny_model, tmp_path):
                                                                           channels=1, resize_images=True))
     maps = det.anomaly_maps(images)
     assert [m.shape for m in maps.original] == [(16, 16), (20, 16), (16, 16), (20, 16)]
+
+
+def _maps_cli(tiny_model_dir, normal, images, out, cache, *extra):
+    """``diffpath maps`` on the tiny model; returns the warnings it gave."""
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert main(["maps", "--id", str(normal), "--images", str(images), "--out", str(out), "--model",
+                     str(tiny_model_dir), "-k", "2", "--cache-dir", str(cache), "--quiet", "--resize", *extra]) == 0
+    return [str(w.message) for w in said]
+
+
+def test_cli_maps_defects_of_another_seed_get_their_own_sums(tiny_model_dir, tmp_path):
+    """``--defects blot --seed 1`` after ``--seed 0`` on the same images and cache folder: seed 1's own maps (those
+    of a fresh cache), not seed 0's, found under an entry of their own (no entry caught holding other images)."""
+    normal, new = _pngs(tmp_path / "normal", 24, 0), _pngs(tmp_path / "new", 6, 1)
+
+    def maps(seed, cache):
+        out = tmp_path / f"out-{seed}-{cache}"
+        said = _maps_cli(tiny_model_dir, normal, new, out, tmp_path / cache, "--defects", "blot", "--seed", str(seed))
+        assert not [m for m in said if "cache entry" in m], said
+        return np.load(out / "maps.npy")
+
+    seed0, seed1 = maps(0, "shared"), maps(1, "shared")
+    np.testing.assert_array_equal(seed1, maps(1, "fresh"))
+    assert not np.array_equal(seed0, seed1)
+
+
+def test_cli_maps_names_overlays_by_path_and_converts_each_image_once(tiny_model_dir, tmp_path, monkeypatch):
+    """a/x.png and b/x.png give two overlays (a/x_map.png, b/x_map.png), x.png beside x.jpg keep their suffixes;
+    the overlays convert each image once (the work grows with the images, not with their square)."""
+    from diffpath_core.datasets import ImageSet
+
+    normal, new = _pngs(tmp_path / "normal", 24, 0), tmp_path / "new"
+    _pngs(new / "a", 5, 1), _pngs(new / "b", 5, 2)
+    Image.open(new / "a" / "img_00.png").convert("L").save(new / "a" / "img_00.jpg")
+    produced, real = {}, ImageSet.batch
+
+    def counted(self, lo, hi):
+        x = real(self, lo, hi)
+        produced[self.name] = produced.get(self.name, 0) + len(x)
+        return x
+
+    monkeypatch.setattr(ImageSet, "batch", counted)
+    out = tmp_path / "out"
+    _maps_cli(tiny_model_dir, normal, new, out, tmp_path / "cache")
+    rows = list(csv.DictReader(open(out / "maps.csv")))
+    assert [r["image"] for r in rows] == ["a/img_00_jpg", "a/img_00_png"] + [f"a/img_{i:02d}" for i in range(1, 5)] \
+        + [f"b/img_{i:02d}" for i in range(5)]
+    assert [r["overlay"] for r in rows][-5:] == [f"b/img_{i:02d}_map.png" for i in range(5)]
+    assert all((out / r["overlay"]).is_file() for r in rows)
+    assert len(list(out.rglob("*_map.png"))) == len(rows) == 11
+    assert produced["new"] <= 2 * len(rows), produced  # once for the statistics, once for the overlays
