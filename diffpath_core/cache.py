@@ -27,19 +27,27 @@ CHUNK_SIZE = 256
 
 
 def trajectory_settings(k: int, clip: bool, precision: str, reading: str = "path", noise_seed: int = 0,
-                        device_type: str = "cpu", chunk_size: int = CHUNK_SIZE) -> dict:
+                        device_type: str = "cpu", chunk_size: int = CHUNK_SIZE, layout: str = "nchw") -> dict:
     """What decides the statistics of an image besides the model: the cache key's settings part.
 
-    Defaults add no key (CPU, default chunking, the path reading), so entries written before these keys
-    existed stay valid; anything else has entries of its own.
+    Defaults add no key (CPU, default chunking, the path reading, NCHW), so entries written before these keys
+    existed stay valid; anything else has entries of its own. The layout (``nchw`` or ``channels_last``) picks other
+    convolution kernels, hence other rounding: channels_last entries are apart on every device, and on other devices
+    than the CPU every entry names its layout (entries written there before it was keyed ran channels_last inputs
+    whatever the option said, and are not read). The fresh reading names its noise generator's version.
     """
+    from .trajectory import NOISE_VERSION
+
     settings = {"k": int(k), "clip": bool(clip), "precision": precision, "stats": STATS_VERSION}
     if reading != "path":
         settings["reading"] = reading
-    if reading == "fresh":  # the fresh reading also depends on its seed
+    if reading == "fresh":  # the fresh reading also depends on its seed, and on how its noise is drawn
         settings["noise_seed"] = int(noise_seed)
+        settings["noise"] = NOISE_VERSION
     if device_type != "cpu":  # other kernels, other rounding (and TF32 unless precision says fp32)
         settings["device"] = device_type
+    if layout != "nchw" or device_type != "cpu":
+        settings["layout"] = layout
     if int(chunk_size) != CHUNK_SIZE:
         settings["chunk_size"] = int(chunk_size)
     return settings

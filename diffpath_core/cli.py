@@ -38,10 +38,12 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="network precision: fp32 (exact; TF32 off on GPUs), tf32 (TF32 matmuls on Ampere+ GPUs), "
                         "bf16/fp16 autocast (faster on GPU); each has cache entries of its own")
     p.add_argument("--channels-last", action="store_true",
-                   help="channels_last memory format for the network (faster on recent GPUs)")
+                   help="channels_last memory format for the network's weights and inputs, on every device (faster "
+                        "on recent GPUs); other kernels, other rounding: cached apart from NCHW")
     p.add_argument("--compile", action="store_true",
-                   help="run the network through torch.compile (still fp32; compiles once, about half a minute "
-                        "on a CPU, and needs a C++ compiler there); features are cached apart from eager ones")
+                   help="run the network through torch.compile, in the chosen precision: one graph per batch shape, "
+                        "precision and layout (about half a minute each on a CPU, which needs a C++ compiler); "
+                        "features are cached apart from eager ones")
     p.add_argument("--cache-dir", default="cache", help="feature cache folder (default: %(default)s)")
     p.add_argument("--resize", action="store_true", help="resize folder images to the model's size")
     p.add_argument("--convert-channels", action="store_true", help="convert grey↔RGB folder images")

@@ -29,7 +29,7 @@ from .datasets import ImageSet, check_images, image_hashes
 from .errors import InputError
 from .models import DiffusionModel
 from .progress import progress_bar
-from .runtime import cpu_workers, run_sharded, tune_cpu_allocator
+from .runtime import cpu_workers, layout_name, memory_format, run_sharded, tune_cpu_allocator
 from .statistics import PASSES, TOTALS, batch_readings, check_reading, to_numpy
 from .store import atomic_savez, concatenate, digest
 from .trajectory import check_precision
@@ -49,7 +49,8 @@ class Extraction:
     - ``model``: the diffusion model (:func:`models.load_model`); ``k``: trajectory steps; ``clip``: clip x̂0
       to [-1, 1] as the official code does; ``precision``: fp32 / tf32 / bf16 / fp16 for the network;
       ``network``: another execution of ε_θ (e.g. :class:`runtime.CompiledNetwork`); ``noise_seed``: the
-      fresh-noise reading's seed. These decide the numbers, and the cache key.
+      fresh-noise reading's seed. These decide the numbers, and the cache key, as does the model's memory layout
+      (channels_last weights, :func:`runtime.memory_format`: the inputs follow them).
     - ``batch_size``: images per network call; ``cache_dir``: where entries live (None: no cache);
       ``progress``: progress bars; ``chunk_size``: images per cache chunk (the unit of resumption and
       sharding, part of the key when not the default).
@@ -82,9 +83,12 @@ class Extraction:
     def settings(self, reading: str = "path") -> dict:
         """Everything besides the model and the images that decides the statistics of ``reading``."""
         settings = trajectory_settings(self.k, self.clip, self.precision, reading, self.noise_seed,
-                                       self.model.device.type, self.effective_chunk_size)
+                                       self.model.device.type, self.effective_chunk_size,
+                                       layout_name(memory_format(self.model)))
         if self.network is not None:  # another execution of the network: fp32 rounding differs, so its own entry
-            settings["network"] = getattr(self.network, "cache_tag", type(self.network).__name__)
+            tag = getattr(self.network, "cache_tag", type(self.network).__name__)
+            if tag is not None:  # None: eager after all (a compiled network that fell back), cached as eager
+                settings["network"] = tag
         return settings
 
     def key(self, reading: str = "path") -> str:
@@ -133,7 +137,15 @@ class Extraction:
                                  self.noise_seed)
             return {r: to_numpy(stats) for r, stats in got.items()}
 
-        parts = run_sharded(shard, x, cpu_workers(device, x.shape[0]))
+        # a compiled CPU graph is built for the thread count it runs at: a short batch of a compiled network is cut
+        # into as many shards as a full one (each single-threaded), so it reuses the full batch's graph
+        n = x.shape[0] if self.network is None else max(x.shape[0], self.batch_size)
+        tag = self.settings().get("network")
+        parts = run_sharded(shard, x, cpu_workers(device, n))
+        if self.settings().get("network") != tag:  # fell back to eager within this batch, keyed as compiled
+            raise RuntimeError(f"the network fell back to eager while computing this batch (see the warning above); "
+                               f"nothing of it is returned, as its cache entry was keyed {tag!r}. The network runs "
+                               "eager from now on and is cached so: run the same call again to go on")
         merged = {r: concatenate([p[r] for p in parts]) for r in readings}
         return merged[reading] if isinstance(reading, str) else merged
 

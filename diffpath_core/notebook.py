@@ -34,7 +34,7 @@ class Session:
     model: object
     results: Path
     cache: Path
-    run: dict = field(default_factory=dict)  # how the network runs: precision, batch_size, compile_network
+    run: dict = field(default_factory=dict)  # precision, batch_size, compile_network, channels_last
     t0: float = field(default_factory=time.perf_counter)
 
     @property
@@ -50,12 +50,14 @@ class Session:
 
     def extraction(self, model=None, k: int = 10, progress: bool = True):
         """An :class:`~diffpath_core.extraction.Extraction` of ``model`` (default: the base model) with this run's
-        precision, batch size and compilation, caching into the session's folder."""
+        precision, batch size, layout and compilation, caching into the session's folder. ``channels_last`` converts
+        the model's weights on every device (its inputs follow them); a compiled network shares the model's graphs
+        with every other extraction of it."""
         from .extraction import Extraction
         from .runtime import CompiledNetwork
 
         model = model or self.model
-        if self.run.get("channels_last") and model.device.type == "cuda":
+        if self.run.get("channels_last"):
             import torch
 
             model.unet.to(memory_format=torch.channels_last)

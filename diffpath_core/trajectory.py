@@ -11,19 +11,20 @@ Everything stays batched on the model's device; the only Python loop is over the
 here takes one batch and returns its result: sharding, caching and progress belong to the extraction driver.
 
 The *fresh-noise* reading of DiffPathV2's "true noise" (:func:`noised_estimates`) instead noises the
-image independently at each τ_k, x_t = √ᾱ_k x0 + √(1−ᾱ_k) n_k with seeded n_k, and asks the same
-network for ε_k. Both share one estimate step, :func:`denoise_estimate`; inversion and sampling share one
-DDIM step, :func:`ddim_step`.
+image independently at each τ_k, x_t = √ᾱ_k x0 + √(1−ᾱ_k) n_k with n_k seeded by the image's content
+(:func:`content_seeded_noise`, drawn on the model's device), and asks the same network for ε_k. Both share
+one estimate step, :func:`denoise_estimate`; inversion and sampling share one DDIM step, :func:`ddim_step`.
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import math
 from dataclasses import dataclass
 
 import torch
 
 from .models import DiffusionModel
+from .runtime import memory_format
 from .schedule import TrajectorySchedule
 
 
@@ -142,10 +143,9 @@ def autocast_context(device: torch.device, precision: str):
 
 
 def _to_model(model: DiffusionModel, x: torch.Tensor) -> torch.Tensor:
-    """A batch as the network takes it: float32 on the model's device, channels_last on GPUs (matches a
-    ``--channels-last`` network; harmless otherwise)."""
-    x = x.to(device=model.device, dtype=torch.float32)
-    return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cuda" else x
+    """A batch as the network takes it: float32 on the model's device, in the network's own layout
+    (:func:`runtime.memory_format`: channels_last only when its weights are, on every device)."""
+    return x.to(device=model.device, dtype=torch.float32).contiguous(memory_format=memory_format(model))
 
 
 def inversion_steps(model: DiffusionModel, x0: torch.Tensor, k: int = 10, clip: bool = True,
@@ -159,11 +159,13 @@ def inversion_steps(model: DiffusionModel, x0: torch.Tensor, k: int = 10, clip: 
     ``torch.inference_mode()``.
     """
     schedule = model.schedule(k)
+    layout = memory_format(model)
     x = _to_model(model, x0)
     first = x
     c = schedule.coefficients(x.device)
     predict = network or model.predict_eps
     for i in range(k):
+        x = x.contiguous(memory_format=layout)  # the network's output need not come back in its input's layout
         eps, x0_hat, x_next = ddim_step(predict, x, schedule.net_timesteps[i], c["sqrt_recip"][i],
                                         c["sqrt_recipm1"][i], c["sqrt_a_next"][i], c["sqrt_1ma_next"][i], clip,
                                         precision)
@@ -216,36 +218,122 @@ def ddim_step(predict, x: torch.Tensor, net_timestep: float, sqrt_recip, sqrt_re
     return eps, x0_hat, x0_hat * sqrt_a_next + sqrt_1ma_next * eps
 
 
+# ----------------------------------------------------------------------------- the fresh reading's noise
+
+NOISE_VERSION = 2  # in the fresh reading's cache key; 1: one torch.Generator per image, on the CPU
+_M32 = 0xFFFFFFFF
+
+
+def _mix32(h: torch.Tensor) -> torch.Tensor:
+    """A bijection of [0, 2³²), in place on int64 ``h``, in which every output bit depends on every input bit (Thomas
+    Mueller's integer hash); its multiplier is below 2²⁷, so no product leaves int64."""
+    for _ in range(2):
+        h ^= h >> 16
+        h.mul_(0x45D9F3B).bitwise_and_(_M32)
+    h ^= h >> 16
+    return h
+
+
+def image_keys(x0: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two 32-bit keys per image (int64 (B,) each, on x0's device) from the bits of its float32 values and ``seed``:
+    per key, a sum over pixels of each pixel's bits mixed with its position; the NCHW order, whatever x0's layout."""
+    bits = x0.detach().to(torch.float32).contiguous().reshape(x0.shape[0], -1).view(torch.int32).to(torch.int64)
+    bits &= _M32
+    position = torch.arange(bits.shape[1], device=x0.device, dtype=torch.int64)
+    seed = int(seed) & (2**64 - 1)
+    return tuple(_mix32((_mix32(bits ^ _mix32(2 * position + lane)).sum(dim=1) & _M32) ^ part)
+                 for lane, part in ((0, seed & _M32), (1, seed >> 32)))
+
+
+def _ln_unit(a: torch.Tensor) -> torch.Tensor:
+    """ln u for u = (⌊a/2⁸⌋ + 1)/2²⁴ in (0, 1], from +, −, ×, ÷ (IEEE-rounded, so bit-equal wherever an element sits in
+    a batch, on every device and instruction set, which ``torch.log`` does not promise): u = m·2^e with m in
+    [√½, √2), ln m = 2 atanh s, s = (m − 1)/(m + 1), |s| < 0.172, to s¹³. In place where it can (a third faster
+    on a CPU)."""
+    u = (a >> 8).to(torch.float32)
+    m, e = torch.frexp(u.add_(1))  # exact: an integer up to 2²⁴
+    low = (m < 0.70710678).to(torch.float32)
+    m.mul_(low + 1)
+    s = m - 1
+    s.div_(m.add_(1))
+    s2 = s * s
+    series = s2 * (1 / 13)
+    for c in (1 / 11, 1 / 9, 1 / 7, 1 / 5, 1 / 3):
+        series.add_(c).mul_(s2)
+    series.add_(1).mul_(s).mul_(2)
+    exponent = e.to(torch.float32).sub_(low).sub_(24).mul_(math.log(2))
+    return series.add_(exponent)
+
+
+def _cos_sin_turn(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of a uniform angle from 32-bit ``b``: its top 2 bits a quarter turn q, its next 22 an angle θ in
+    [−π/4, π/4); cos and sin of θ by Taylor series to θ¹⁰ (error under 10⁻⁸) with +, −, × as :func:`_ln_unit`, then
+    turned by q: swapped for odd q, signs by arithmetic (exact: products with 0, ±1)."""
+    q = b >> 30
+    theta = ((b >> 8) & 0x3FFFFF).to(torch.float32).sub_(2**21).mul_(math.pi / 2**23)
+    t2 = theta * theta
+    sin = t2 * (1 / 362880)
+    for c in (-1 / 5040, 1 / 120, -1 / 6):
+        sin.add_(c).mul_(t2)
+    sin.add_(1).mul_(theta)
+    cos = t2 * (-1 / 3628800)
+    for c in (1 / 40320, -1 / 720, 1 / 24, -1 / 2):
+        cos.add_(c).mul_(t2)
+    cos.add_(1)
+    odd = (q & 1).to(torch.float32)
+    even = 1 - odd
+    sin_sign = (q >> 1).to(torch.float32).mul_(-2).add_(1)  # q = 0, 1: +1; 2, 3: −1
+    cos_sign = (odd * -2).add_(1).mul_(sin_sign)  # q = 0: +1, 1: −1, 2: −1, 3: +1
+    turned_cos = (cos * even).add_(sin * odd).mul_(cos_sign)
+    turned_sin = sin.mul_(even).add_(cos.mul_(odd)).mul_(sin_sign)
+    return turned_cos, turned_sin
+
+
+def step_noise(keys: tuple[torch.Tensor, torch.Tensor], step: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """(B, *shape) standard normal noise of step ``step`` for the images of ``keys`` (:func:`image_keys`).
+
+    Counter-based: pair p of an image's values at this step comes from two 32-bit hashes of its counter, each two
+    rounds of :func:`_mix32` keyed by the image's keys, turned into two normals by Box–Muller. Integer ops and
+    IEEE-rounded arithmetic only, all batched on the keys' device: a value depends on its image's keys, step and
+    position alone."""
+    n = math.prod(shape)
+    pairs = (n + 1) // 2
+    counter = 2 * (torch.arange(pairs, device=keys[0].device, dtype=torch.int64) + step * pairs)
+    k1, k2 = (key[:, None] for key in keys)
+    a, b = (_mix32(_mix32(c ^ k1) ^ k2) for c in (counter, counter + 1))
+    radius = (-2 * _ln_unit(a)).clamp_min(0).sqrt()
+    cos, sin = _cos_sin_turn(b)
+    z = torch.stack([radius * cos, radius * sin], dim=-1).reshape(len(a), 2 * pairs)[:, :n]
+    return z.reshape((len(a),) + tuple(shape))
+
+
 def content_seeded_noise(x0: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
-    """(B, K, C, H, W) standard normal noise, each image's drawn from a generator seeded by its bytes and ``seed``.
+    """(B, K, C, H, W) standard normal noise on x0's device, each image's a function of its content and ``seed``.
 
     The noise of an image does not depend on the batch, chunk, shard or dataset it arrives in, so cached,
-    sharded and distributed extractions agree. Drawn on the CPU (one small generator per image), then moved.
-    """
-    arr = x0.detach().to("cpu", torch.float32).contiguous().numpy()
-    out = torch.empty((x0.shape[0], k) + tuple(x0.shape[1:]))
-    for i in range(x0.shape[0]):
-        digest = hashlib.sha256(arr[i].tobytes() + int(seed).to_bytes(8, "little", signed=True)).digest()
-        g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
-        out[i] = torch.randn((k,) + tuple(x0.shape[1:]), generator=g)
-    return out.to(x0.device)
+    sharded and distributed extractions agree. No copy to the host and no loop over images
+    (:func:`image_keys`, :func:`step_noise`); :func:`noised_steps` draws it one step at a time."""
+    keys = image_keys(x0, seed)
+    return torch.stack([step_noise(keys, i, tuple(x0.shape[1:])) for i in range(k)], dim=1)
 
 
 def noised_steps(model: DiffusionModel, x0: torch.Tensor, k: int = 10, clip: bool = True, precision: str = "fp32",
                  network=None, seed: int = 0):
     """The fresh-noise reading one :class:`Step` at a time: at each τ_k, x0 noised with seeded n_k (the step's
-    ``true_noise``) and the network's ε_k, x̂0_k. K network passes, like the inversion; the states are
-    independent, not a path. Run it under ``torch.inference_mode()``."""
+    ``true_noise``, :func:`content_seeded_noise`) and the network's ε_k, x̂0_k. K network passes, like the
+    inversion; the states are independent, not a path. Run it under ``torch.inference_mode()``."""
     schedule = model.schedule(k)
+    layout = memory_format(model)
     x0 = _to_model(model, x0)
     c = schedule.coefficients(x0.device)
     predict = network or model.predict_eps
-    noise = content_seeded_noise(x0, k, seed)
+    keys = image_keys(x0, seed)
     for i in range(k):
-        x = c["sqrt_a"][i] * x0 + c["sqrt_1ma"][i] * noise[:, i]
+        noise = step_noise(keys, i, tuple(x0.shape[1:])).contiguous(memory_format=layout)
+        x = (c["sqrt_a"][i] * x0 + c["sqrt_1ma"][i] * noise).contiguous(memory_format=layout)
         eps, x0_hat = denoise_estimate(predict, x, schedule.net_timesteps[i], c["sqrt_recip"][i],
                                        c["sqrt_recipm1"][i], clip, precision)
-        yield Step(i, x, eps, x0_hat, noise[:, i])
+        yield Step(i, x, eps, x0_hat, noise)
 
 
 @torch.inference_mode()

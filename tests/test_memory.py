@@ -2,8 +2,11 @@
 
 Measured in a fresh process by its peak resident memory (``ru_maxrss``): first the network alone on the batch,
 then the statistics of both readings. At 128×128 RGB, batch 16, K = 10 (one step's map is 3 MB, all K steps 30
-MB) the statistics added 23 MB (path) and 75 MB (fresh, whose seeded noise is drawn for all steps at once);
-before they were accumulated step by step, with float64 power arrays of every step, they added 1,248 MB.
+MB) the statistics added 23 MB (path) and 75 MB (fresh, whose seeded noise was then drawn for all steps at once);
+before they were accumulated step by step, with float64 power arrays of every step, they added 1,248 MB. The fresh
+noise is now drawn on the device one step at a time (int64 hashes of each image's values): 42 to 121 MB over six
+runs on the shared 2-core machine, 2026-12-03; the same runs gave the path reading 89 to 243 MB, and the commit
+before as many different figures (67 to 193 MB): this peak varies between runs by more than the reading's own maps.
 """
 import os
 import subprocess
