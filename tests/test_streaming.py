@@ -76,8 +76,10 @@ def test_identity_follows_the_bytes_not_the_names_of_loading(tmp_path):
     assert load_image_folder(folder, size=16, channels=1).identity != first
 
 
-def test_the_next_chunk_is_decoded_while_this_one_is_computed(tiny_model, tmp_path):
-    """Decoding runs in a background thread, one chunk ahead of the network."""
+def test_the_next_chunk_is_decoded_while_this_one_is_computed(tiny_model, tmp_path, monkeypatch):
+    """Decoding runs in a background thread, one chunk ahead of the network: the network's first call (chunk 0)
+    waits until the decoding of chunk 1 has begun, which only happens if the two overlap; run one after the other,
+    the wait times out (20 s, so a failure cannot hang) and the test fails."""
     import threading
 
     folder = tmp_path / "imgs"
@@ -86,15 +88,25 @@ def test_the_next_chunk_is_decoded_while_this_one_is_computed(tiny_model, tmp_pa
     for i in range(24):
         Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(folder / f"{i:02d}.png")
     images = load_image_folder(folder, size=16, channels=1)
-    threads = []
+    threads, next_chunk_decoding, waited = [], threading.Event(), []
     real = images.source.batch
 
     def recorded(lo, hi):
         threads.append(threading.current_thread().name)
+        if lo == 8:
+            next_chunk_decoding.set()
         return real(lo, hi)
 
+    def network(x, t):
+        if not waited:
+            waited.append(next_chunk_decoding.wait(timeout=20))
+        return tiny_model.predict_eps(x, t)
+
     images.source.batch = recorded
-    Extraction(tiny_model, k=2, chunk_size=8, batch_size=8, progress=False, cache_dir=tmp_path / "c").statistics(images)
+    monkeypatch.setenv("DIFFPATH_CPU_WORKERS", "1")
+    Extraction(tiny_model, k=2, chunk_size=8, batch_size=8, progress=False, network=network,
+               cache_dir=tmp_path / "c").statistics(images)
+    assert waited == [True], "the network's first call ran before chunk 1 began decoding: no overlap"
     assert len(threads) == 3 and all(t.startswith("diffpath-prefetch") for t in threads)
     assert images.source.decoded == 24
 
