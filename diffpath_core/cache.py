@@ -9,19 +9,26 @@ missing chunk, and temp files of killed writers are removed. Each chunk is compu
 a second process extracting the same entry waits and then reads what the first wrote. Whoever finds
 every chunk present merges them, in order, into ``stats.npz`` — the same file a single process writes.
 
+An entry also records the content hash of each of its images (``content.npy``). Every read and every resumed
+write checks them against the images asked for: an entry written for other images (an identity that did not pin
+its content, a folder copied by hand, an entry older than this record) is cleared, recomputed and reported
+(:class:`StaleEntryWarning`), never read for the wrong images.
+
 What to compute, and in which order, is the extraction driver's business (:mod:`diffpath_core.extraction`).
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import shutil
+import warnings
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from .statistics import STATS_VERSION
-from .store import atomic_savez, atomic_write_bytes, clean_stale_temp_files, concatenate, digest, load_npz
+from .store import (atomic_path, atomic_savez, atomic_write_bytes, clean_stale_temp_files, concatenate, digest,
+                    load_npz)
 
 CHUNK_SIZE = 256
 
@@ -82,28 +89,68 @@ def _locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-class CacheEntry:
-    """The folder of one entry: ``meta.json``, ``chunks/00000.npz`` …, and ``stats.npz`` once merged."""
+class StaleEntryWarning(UserWarning):
+    """A cache entry held statistics of other images than those asked for; it was cleared and recomputed."""
 
-    def __init__(self, folder: str | Path, n_images: int, chunk_size: int = CHUNK_SIZE):
+
+class CacheEntry:
+    """The folder of one entry: ``meta.json``, ``content.npy`` (each image's content hash), ``chunks/00000.npz`` …,
+    and ``stats.npz`` once merged. ``content`` is the content hash of each requested image (int64 (N,))."""
+
+    def __init__(self, folder: str | Path, n_images: int, chunk_size: int = CHUNK_SIZE,
+                 content: np.ndarray | None = None):
         self.folder, self.n_images, self.chunk_size = Path(folder), int(n_images), int(chunk_size)
+        self.content = None if content is None else np.asarray(content, dtype=np.int64)
+        if self.content is not None and len(self.content) != self.n_images:
+            raise ValueError(f"{len(self.content)} content hashes for {self.n_images} images")
         self.n_chunks = (self.n_images + self.chunk_size - 1) // self.chunk_size
         self.final, self.chunks = self.folder / "stats.npz", self.folder / "chunks"
+        self.record = self.folder / "content.npy"
 
     def load(self) -> dict[str, np.ndarray] | None:
-        """The merged statistics, or ``None`` when not merged yet."""
-        return load_npz(self.final) if self.final.exists() else None
+        """The merged statistics, or ``None`` when not merged yet (or written for other images: then cleared)."""
+        if not self.final.exists() or not self._holds_the_request():
+            return None
+        return load_npz(self.final)
 
     def open(self, meta: dict) -> None:
-        """Make the folders, remove temp files of dead writers, write ``meta.json`` once."""
+        """Make the folders, remove temp files of dead writers, clear what was written for other images, and write
+        ``meta.json`` and the content record once."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._holds_the_request()
         self.chunks.mkdir(parents=True, exist_ok=True)
         clean_stale_temp_files(self.folder)
         clean_stale_temp_files(self.chunks)
+        if self.content is not None and not self.record.exists():
+            with atomic_path(self.record, keep_suffix=True) as tmp:
+                np.save(tmp, self.content)
         if not (self.folder / "meta.json").exists():
             atomic_write_bytes(self.folder / "meta.json", json.dumps(meta, indent=2, default=str).encode())
 
-    def bounds(self, i: int) -> tuple[int, int]:
-        return chunk_bounds(i, self.chunk_size, self.n_images)
+    def _holds_the_request(self) -> bool:
+        """Whether what the folder holds was computed for the requested images (always, without a request's
+        content); if not, the folder's statistics are removed, with a :class:`StaleEntryWarning`."""
+        if self.content is None or not self.folder.exists():
+            return True
+        with _locked(self.folder / "merge.lock"):
+            found = np.load(self.record, allow_pickle=False) if self.record.exists() else None
+            if found is not None and np.array_equal(found, self.content):
+                return True
+            written = self.final.exists() or any(self.chunks.glob("*.npz"))
+            if not written and found is None:
+                return True  # an entry just opened by another process, before its record: nothing to misread
+            if found is None:
+                why = "it has no record of its images' content (written by an older version)"
+            elif len(found) != len(self.content):
+                why = f"it holds {len(found)} images, {len(self.content)} were asked for"
+            else:
+                why = f"{int(np.sum(found != self.content))} of its {len(found)} images differ from those asked for"
+            warnings.warn(f"cache entry {self.folder.name}: {why}; its statistics are removed and computed again "
+                          "for the images asked for", StaleEntryWarning, stacklevel=4)
+            for path in (self.final, self.record, self.folder / "meta.json"):
+                path.unlink(missing_ok=True)
+            shutil.rmtree(self.chunks, ignore_errors=True)
+            return False
 
     def chunk_path(self, i: int) -> Path:
         return self.chunks / f"{i:05d}.npz"
@@ -114,12 +161,6 @@ class CacheEntry:
     def chunk_lock(self, i: int):
         """The exclusive lock of chunk ``i``: whoever holds it computes the chunk, others wait and then read it."""
         return _locked(self.chunks / f"{i:05d}.lock")
-
-    def write_chunk(self, i: int, compute: Callable[[], dict[str, np.ndarray]]) -> None:
-        """``compute()`` chunk ``i`` under its lock, unless another process wrote it while this one waited."""
-        with self.chunk_lock(i):
-            if not self.chunk_path(i).exists():
-                atomic_savez(self.chunk_path(i), compute())
 
     def merge(self) -> dict[str, np.ndarray] | None:
         """Merge chunk files in order into ``stats.npz`` once all exist; ``None`` while some are missing."""

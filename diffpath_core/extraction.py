@@ -197,7 +197,8 @@ class Extraction:
                 bar.update(1)
             bar.close()
             return {r: concatenate([c[r] for c in chunks]) for r in readings}
-        entries = {r: CacheEntry(Path(self.cache_dir) / f"{name}-{self.entry_key(identity, r)}", n, chunk)
+        content = images.content_hashes()  # checked against each entry's record: no entry is read for other images
+        entries = {r: CacheEntry(Path(self.cache_dir) / f"{name}-{self.entry_key(identity, r)}", n, chunk, content)
                    for r in readings}
         done = {r: entry.load() for r, entry in entries.items()}
         pending = [r for r in readings if done[r] is None]

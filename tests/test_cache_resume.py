@@ -1,5 +1,7 @@
 """A killed extraction resumes from its finished chunks and ends with the uninterrupted result."""
 import os
+import shutil
+import warnings
 import signal
 import subprocess
 import sys
@@ -8,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 import diffpath_core.cache as cache
@@ -175,3 +178,63 @@ def test_fp32_turns_tf32_off_while_the_network_runs_and_restores_it():
             setattr(obj, attr, value)
     assert all(v == (False, False) for (u, p), v in seen.items() if p == "fp32")
     assert all(v == (True, True) for (u, p), v in seen.items() if p == "tf32")
+
+
+# ----------------------------------------------------------------------------- no entry read for other images
+
+def test_two_image_sets_under_one_name_and_count_get_their_own_statistics(tiny_model, tmp_path):
+    """ImageSets built without an identity are identified by their content: same name, same count, other images,
+    other statistics (each equal to its own computation without a cache)."""
+    from diffpath_core.datasets import ImageSet
+
+    g = torch.Generator().manual_seed(5)
+    x1, x2 = torch.rand(8, 1, 16, 16, generator=g) * 2 - 1, torch.rand(8, 1, 16, 16, generator=g) * 2 - 1
+    cached = Extraction(tiny_model, k=2, cache_dir=tmp_path, progress=False)
+    bare = Extraction(tiny_model, k=2, progress=False)
+    for x in (x1, x2, x1):
+        got = cached.statistics(ImageSet("mine", "test", x))
+        np.testing.assert_array_equal(got["eps_s2"], bare.statistics(ImageSet("mine", "test", x))["eps_s2"])
+    assert ImageSet("mine", "test", x1).identity != ImageSet("mine", "test", x2).identity
+    assert ImageSet("a", "test", x1).identity == ImageSet("b", "train", x1.clone()).identity, "content, not names"
+
+
+def test_an_entry_is_never_read_for_other_images(tiny_model, tmp_path):
+    """An identity that does not pin its images (given by hand here) cannot make the cache misread: the entry
+    records each image's content hash, a read or a resumed write for other images (or another count) clears it,
+    recomputes and says so; an entry without that record is recomputed too."""
+    from diffpath_core.cache import StaleEntryWarning
+    from diffpath_core.datasets import ImageSet
+
+    g = torch.Generator().manual_seed(6)
+    x1, x2 = torch.rand(8, 1, 16, 16, generator=g) * 2 - 1, torch.rand(8, 1, 16, 16, generator=g) * 2 - 1
+    ex = Extraction(tiny_model, k=2, cache_dir=tmp_path, chunk_size=4, batch_size=4, progress=False)
+    bare = Extraction(tiny_model, k=2, progress=False)
+    own = {n: bare.statistics(x)["eps_s2"] for n, x in (("x1", x1), ("x2", x2), ("x2[:6]", x2[:6]))}
+    first = ex.statistics(ImageSet("same", "test", x1, identity="by hand"))
+    np.testing.assert_array_equal(first["eps_s2"], own["x1"])
+    with pytest.warns(StaleEntryWarning, match="8 of its 8 images differ"):
+        second = ex.statistics(ImageSet("same", "test", x2, identity="by hand"))
+    np.testing.assert_array_equal(second["eps_s2"], own["x2"])
+    with pytest.warns(StaleEntryWarning, match="it holds 8 images, 6 were asked for"):
+        third = ex.statistics(ImageSet("same", "test", x2[:6], identity="by hand"))
+    np.testing.assert_array_equal(third["eps_s2"], own["x2[:6]"])
+    # a killed run's chunk of x2 left behind, then x1 asked for under the same identity: the chunk is not merged
+    folder = next(tmp_path.glob("same-*"))
+    (folder / "stats.npz").unlink()
+    shutil.rmtree(folder / "chunks")
+    with pytest.warns(StaleEntryWarning, match="it holds 6 images, 8 were asked for"):  # the record is still x2[:6]'s
+        ex.statistics(ImageSet("same", "test", x2, identity="by hand"))
+    (folder / "stats.npz").unlink()
+    (folder / "chunks" / "00001.npz").unlink()
+    with pytest.warns(StaleEntryWarning):
+        resumed = ex.statistics(ImageSet("same", "test", x1, identity="by hand"))
+    np.testing.assert_array_equal(resumed["eps_s2"], own["x1"])
+    # an entry written before the content record existed
+    (folder / "content.npy").unlink()
+    with pytest.warns(StaleEntryWarning, match="no record"):
+        again = ex.statistics(ImageSet("same", "test", x1, identity="by hand"))
+    np.testing.assert_array_equal(again["eps_s2"], own["x1"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the entry holds what was asked for now: read without a word
+        np.testing.assert_array_equal(ex.statistics(ImageSet("same", "test", x1, identity="by hand"))["eps_s2"],
+                                      own["x1"])

@@ -98,7 +98,7 @@ def load_image_folder(folder: str | os.PathLike, *, size: int = 32, channels: in
     if limit is not None and limit < len(idx):
         idx = np.sort(np.random.default_rng(seed).choice(idx, size=limit, replace=False))
     files = [files[i] for i in idx]
-    hashed, problems, sizes, depths = [], [], [], {}
+    hashed, digests, problems, sizes, depths = [], [], [], [], {}
     for path in files:
         try:
             (h, w), have, depths[path] = image_header(path)
@@ -113,7 +113,8 @@ def load_image_folder(folder: str | os.PathLike, *, size: int = 32, channels: in
             problems.append(f"{path}: size {w}×{h}, the model expects {size}×{size}; "
                             "pass resize_images=True (CLI: --resize) to resize")
             continue
-        hashed += [path.relative_to(root).as_posix(), file_digest(path)]
+        digests.append(file_digest(path))
+        hashed += [path.relative_to(root).as_posix(), digests[-1]]
         sizes.append((h, w))
     if problems:
         listed = "\n  ".join(problems[:MAX_NAMED_ERRORS])
@@ -129,7 +130,8 @@ def load_image_folder(folder: str | os.PathLike, *, size: int = 32, channels: in
                     meta={"files": [p.relative_to(root).as_posix() for p in files], "skipped": skipped,
                           "n_in_folder": n_all, "split": part, "seed": seed, "sizes": sizes, "root": str(root),
                           "stored_bits": stored, "bits": bits},
-                    source=FileSource(files, decoder, channels, size, bits=stored, after_decoding=decoder.warn_low_bits))
+                    source=FileSource(files, decoder, channels, size, hashes=digests, bits=stored,
+                                      after_decoding=decoder.warn_low_bits))
 
 
 class _FolderDecoder:

@@ -9,6 +9,7 @@ by :func:`decode_image`'s explicit rules.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -45,6 +46,10 @@ class TensorSource:
     def batch(self, lo: int, hi: int) -> torch.Tensor:
         return self.images[lo:hi]
 
+    def content_hashes(self) -> np.ndarray:
+        """Each image's hash as the model reads it (the ``image_hash`` its statistics carry)."""
+        return image_hashes(self.images)
+
 
 class ArraySource:
     """uint8 images already in memory at their own size ((N, H, W) or (N, H, W, C)): converted to the model's
@@ -63,6 +68,10 @@ class ArraySource:
     def batch(self, lo: int, hi: int) -> torch.Tensor:
         return resize(convert_channels(uint8_to_model_range(self.array[lo:hi]), self.channels, self.name), self.size)
 
+    def content_hashes(self) -> np.ndarray:
+        """Each image's hash of its stored bytes (nothing converted)."""
+        return row_hashes(self.array)
+
 
 class FileSource:
     """Image files, decoded on demand in parallel threads by ``decode(path) -> (C, H, W) float in [-1, 1] at the
@@ -72,10 +81,12 @@ class FileSource:
     ``after_decoding()``, if given, runs after each batch that decoded files (a loader's warnings on what the
     pixels showed)."""
 
-    def __init__(self, paths: list[Path], decode, channels: int, size: int, *, bits: int = 8, after_decoding=None):
+    def __init__(self, paths: list[Path], decode, channels: int, size: int, hashes: list[str] | None = None, *,
+                 bits: int = 8, after_decoding=None):
         if bits not in (8, 16):
             raise ValueError(f"a FileSource keeps 8 or 16 bits per value, not {bits}")
         self.paths, self.decode, self.after_decoding = list(paths), decode, after_decoding
+        self.hashes = hashes  # the files' byte digests when the loader read them already
         self.levels = 2 ** bits - 1
         self.pixels = torch.zeros((len(self.paths), channels, size, size),
                                   dtype=torch.uint8 if bits == 8 else torch.uint16)
@@ -110,6 +121,13 @@ class FileSource:
                 self.after_decoding()
         return self.pixels[lo:hi].float().div(self.levels / 2).sub(1.0)
 
+    def content_hashes(self) -> np.ndarray:
+        """Each file's hash of its bytes (nothing decoded)."""
+        from ..store import file_digest
+
+        hashes = self.hashes if self.hashes is not None else [file_digest(p) for p in self.paths]
+        return row_hashes(h.encode() for h in hashes)
+
 
 class ImageSet:
     """Images of one split, ready for the model (float32 (N, C, H, W) in [-1, 1]), with labels, an identity
@@ -118,15 +136,28 @@ class ImageSet:
     ``images`` may be given as a tensor; loaders give a ``source`` instead, which produces any range of the
     images when asked (:meth:`batch`), decoding files only then. ``images`` (the whole set) is for small sets
     and figures; extraction asks for the chunks it computes.
+
+    Without an ``identity`` the set is identified by its content (:meth:`content_hashes`): two different sets
+    under one name never share a cache entry. The feature cache checks those hashes on every read, whatever the
+    identity says.
     """
 
     def __init__(self, name: str, split: str, images: torch.Tensor | None = None, labels: np.ndarray | None = None,
                  identity: str = "", meta: dict | None = None, *, source=None):
         if (images is None) == (source is None):
             raise ValueError("an ImageSet takes images or a source, one of the two")
-        self.name, self.split, self.labels, self.identity = name, split, labels, identity
+        self.name, self.split, self.labels = name, split, labels
         self.meta = dict(meta or {})
         self.source = TensorSource(images) if source is None else source
+        self._content: np.ndarray | None = None
+        self.identity = identity or digest("content", repr(tuple(self.image_shape)), self.content_hashes())
+
+    def content_hashes(self) -> np.ndarray:
+        """A 64-bit hash per image of what fixes it, read without decoding anything: the bytes of an in-memory
+        image, or of an image file (whose decoding rules the identity names). int64 (N,), computed once."""
+        if self._content is None:
+            self._content = self.source.content_hashes()
+        return self._content
 
     def __len__(self) -> int:
         return len(self.source)
@@ -159,14 +190,17 @@ def item_names(images: ImageSet, source: str | None = None) -> list[str]:
     return [f"{images.name} {images.split} #{i}" for i in indices]
 
 
+def row_hashes(rows) -> np.ndarray:
+    """A 64-bit hash of each row's bytes (an array's first axis, or an iterable of bytes): int64 (N,)."""
+    rows = [np.ascontiguousarray(r).tobytes() if isinstance(r, np.ndarray) else bytes(r) for r in rows]
+    return np.array([int.from_bytes(hashlib.blake2b(r, digest_size=8).digest(), "little", signed=True)
+                     for r in rows], dtype=np.int64).reshape(len(rows))
+
+
 def image_hashes(images: torch.Tensor) -> np.ndarray:
     """A 64-bit content hash of each image as the model reads it ((N, C, H, W), after decoding and resizing):
     equal hashes are identical images, whatever their file names."""
-    import hashlib
-
-    arr = images.detach().to("cpu", torch.float32).contiguous().numpy()
-    return np.array([int.from_bytes(hashlib.blake2b(a.tobytes(), digest_size=8).digest(), "little", signed=True)
-                     for a in arr], dtype=np.int64)
+    return row_hashes(images.detach().to("cpu", torch.float32).contiguous().numpy())
 
 
 def check_images(images: torch.Tensor, source: str) -> torch.Tensor:
@@ -341,11 +375,17 @@ class FileImages:
     def subset(self, indices) -> "FileImages":
         return FileImages([self.paths[i] for i in indices], self.crop)
 
-    def identity(self) -> str:
-        """A digest of the files' names and bytes (read in blocks, nothing decoded)."""
+    def digests(self) -> list[str]:
+        """Each file's byte digest (read in blocks, nothing decoded; computed once)."""
         from ..store import file_digest
 
-        return digest(*(part for p in self.paths for part in (p.name, file_digest(p))))
+        if getattr(self, "_digests", None) is None:
+            self._digests = [file_digest(p) for p in self.paths]
+        return self._digests
+
+    def identity(self) -> str:
+        """A digest of the files' names and bytes."""
+        return digest(*(part for p, d in zip(self.paths, self.digests()) for part in (p.name, d)))
 
     def decode_one(self, path: Path, size: int) -> np.ndarray:
         """One file as (size, size, 3) uint8: RGB, centre square crop, bilinear resize."""
@@ -367,4 +407,4 @@ class FileImages:
             rgb = torch.from_numpy(self.decode_one(path, size)).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
             return convert_channels(rgb, channels, name)[0]  # kept as uint8 by the source
 
-        return FileSource(self.paths, one, channels, size)
+        return FileSource(self.paths, one, channels, size, hashes=self.digests())
