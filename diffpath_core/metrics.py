@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import rankdata
@@ -65,28 +66,138 @@ def all_metrics(score_id, score_ood) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- uncertainty
+#
+# A bootstrap draw resamples each distinct image set once: every pair, kind or task that contains that set, and
+# every method scored on it, sees the same resampled images in that draw (a joint bootstrap). So a mean over
+# pairs that share their ID-test images carries the covariance those pairs share, and two methods on the same
+# images are compared on the same resamples (paired). Each set is resampled with its size fixed (within each
+# class when it has strata): the stratified bootstrap. Draw b of a set depends on (seed, the set's key, b) only,
+# never on which other sets, tasks or methods are computed with it.
 
 N_BOOT = 2000      # bootstrap resamples behind every interval the book reports
 BOOT_SEED = 0
 LEVEL = 0.95
 
 
-def bootstrap_aurocs(score_id, score_ood, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> np.ndarray:
-    """AUROC of ``n_boot`` stratified bootstrap resamples (ID and OOD images each drawn with replacement, their
-    counts fixed), exact with ties. Two calls with the same seed and set sizes draw the same images, so scores of
-    two methods on the same images give paired resamples.
+@dataclass(frozen=True)
+class Side:
+    """One side of an AUROC: the ``scores`` of some images of the image set ``set`` (a key naming it), at positions
+    ``index`` of that set (None: all of it, in order). Sides with the same key share one draw per resample: the
+    same images, or images made one by one from them (a corruption of image i resampled with image i)."""
 
-    Each resample is a vector of multiplicities; its Mann–Whitney count is Σ_i w_i (W_OOD below s_i + ½ W_OOD
-    tied with s_i), computed for all resamples at once from the scores' sorted distinct values.
-    """
-    a, b = _check(score_id, score_ood)
-    key = (hashlib.blake2b(a.tobytes() + b"|" + b.tobytes(), digest_size=16).digest(), a.size, n_boot, seed)
+    set: str
+    scores: np.ndarray
+    index: np.ndarray | None = None
+
+
+class SetDraws:
+    """The bootstrap draws of one image set, resample after resample: :meth:`next` gives the counts of the next
+    ``r`` resamples, (r, n) float32 (whole counts, exact). Each resample draws n indices with replacement (within
+    each stratum, its size kept, when ``strata`` gives each image's class) from one generator seeded by (seed, the
+    set's key) and counts them, so resample b is the same whatever blocks the resamples are asked for in."""
+
+    def __init__(self, key: str, n: int, seed: int = BOOT_SEED, strata=None):
+        self.n = int(n)
+        self.rng = np.random.default_rng([int(seed), int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")])
+        self.groups = None
+        if strata is not None:
+            strata = np.asarray(strata)
+            if len(strata) != self.n:
+                raise ValueError(f"set {key!r}: {len(strata)} strata labels for {self.n} images")
+            self.groups = [np.flatnonzero(strata == u) for u in np.unique(strata)]
+
+    def next(self, r: int) -> np.ndarray:
+        n = self.n
+        if self.groups is None:
+            drawn = self.rng.integers(0, n, (r, n))  # the same numbers as r draws of n, one after another
+        else:
+            drawn = np.stack([np.concatenate([g[self.rng.integers(0, len(g), len(g))] for g in self.groups])
+                              for _ in range(r)])
+        rows = (np.arange(r)[:, None] * n + drawn).ravel()
+        return np.bincount(rows, minlength=r * n).reshape(r, n).astype(np.float32)
+
+
+def resample_counts(key: str, n: int, n_boot: int = N_BOOT, seed: int = BOOT_SEED, strata=None) -> np.ndarray:
+    """How often each of the ``n`` images of set ``key`` is drawn in each of ``n_boot`` resamples, (n_boot, n): the
+    draws :func:`joint_bootstrap` makes for that set (:class:`SetDraws`)."""
+    return SetDraws(key, n, seed, strata).next(n_boot)
+
+
+class _Prepared:
+    """A task's scores sorted once. Each resample's Mann–Whitney count is then one cumulative sum of weights over
+    the larger side, in score order, read at the smaller side's positions: for each image of the smaller side,
+    the weight of the other side below it (or above it) plus half the weight tied with it."""
+
+    def __init__(self, pos: Side, neg: Side):
+        a, b = _check(pos.scores, neg.scores)
+        self.pos, self.neg = pos, neg
+        self.flip = a.size > b.size  # cumulate the positives, read them at the negatives
+        big, small = (a, b) if self.flip else (b, a)
+        self.order = np.argsort(big, kind="stable")
+        ordered = big[self.order]
+        self.left = np.searchsorted(ordered, small, side="left")    # the larger side's images strictly below
+        self.right = np.searchsorted(ordered, small, side="right")  # … and those tied with it
+        self.dtype = np.float32 if big.size < 2**24 else np.float64  # whole counts: float32 is exact below 2^24
+
+    def aurocs(self, w_pos: np.ndarray, w_neg: np.ndarray) -> np.ndarray:
+        """AUROC of each row of multiplicities ((r, n_pos), (r, n_neg)); a tie counts ½; NaN where a side weighs 0."""
+        w_big, w_small = (w_pos, w_neg) if self.flip else (w_neg, w_pos)
+        cum = np.zeros((len(w_big), len(self.order) + 1), dtype=self.dtype)
+        np.cumsum(w_big[:, self.order], axis=1, out=cum[:, 1:])
+        twice = (cum[:, self.left] + cum[:, self.right]).astype(np.float64)  # 2 × (below + ½ tied), exact
+        u = np.einsum("rn,rn->r", w_small.astype(np.float64), twice) / 2
+        total = w_pos.sum(axis=1, dtype=np.float64) * w_neg.sum(axis=1, dtype=np.float64)
+        if self.flip:  # u counted positives below each negative: the pairs won are the rest
+            u = total - u
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(total > 0, u / np.where(total > 0, total, 1.0), np.nan)
+
+
+def _set_sizes(tasks, strata: dict) -> dict[str, int]:
+    sizes = {key: len(labels) for key, labels in strata.items()}
+    for side in (s for task in tasks for s in task):
+        if side.index is None:
+            n = len(np.asarray(side.scores).ravel())
+            if sizes.setdefault(side.set, n) != n:
+                raise ValueError(f"set {side.set!r} appears with {sizes[side.set]} and with {n} images: one key, "
+                                 "one image set")
+    for side in (s for task in tasks for s in task):
+        if side.set not in sizes:
+            raise ValueError(f"set {side.set!r}: give its size (strata) when every side indexes into it")
+        if side.index is not None and len(side.index) and np.max(side.index) >= sizes[side.set]:
+            raise ValueError(f"set {side.set!r}: index beyond its {sizes[side.set]} images")
+        if side.index is not None and len(side.index) != len(np.asarray(side.scores).ravel()):
+            raise ValueError(f"set {side.set!r}: {len(side.index)} indices for {len(side.scores)} scores")
+    return sizes
+
+
+def joint_bootstrap(tasks, n_boot: int = N_BOOT, seed: int = BOOT_SEED, strata: dict | None = None) -> np.ndarray:
+    """AUROC of every task in ``n_boot`` joint resamples, (n_tasks, n_boot): a task is a (positive, negative) pair
+    of :class:`Side`; each distinct set is resampled once per draw for all tasks (see the section's comment).
+    Exact with ties. ``strata`` maps a set's key to its images' classes (resampled within each class)."""
+    tasks = [_as_task(t) for t in tasks]
+    strata = dict(strata or {})
+    key = _memo_key(tasks, n_boot, seed, strata)
     with _memo_lock:
         if key in _memo:
             _memo.move_to_end(key)
             return _memo[key]
-    out = _bootstrap_aurocs(a, b, n_boot, seed)
-    out.flags.writeable = False  # shared by later calls with the same scores
+    sizes = _set_sizes(tasks, strata)
+    prepared = [_Prepared(pos, neg) for pos, neg in tasks]
+    out = np.empty((len(tasks), n_boot))
+    block = max(1, min(250, int(4e6 // max(sizes.values()))))  # bounds memory at a few (block × n) arrays
+    draws = {k: SetDraws(k, n, seed, strata.get(k)) for k, n in sizes.items()}
+    for lo in range(0, n_boot, block):
+        r = min(block, n_boot - lo)
+        counts = {k: d.next(r) for k, d in draws.items()}
+
+        def weights(side):
+            c = counts[side.set]
+            return c if side.index is None else c[:, side.index]
+
+        for t, task in enumerate(prepared):
+            out[t, lo:lo + r] = task.aurocs(weights(task.pos), weights(task.neg))
+    out.flags.writeable = False  # shared by later calls with the same tasks
     with _memo_lock:
         _memo[key] = out
         while len(_memo) > _MEMO_SIZE:
@@ -94,38 +205,34 @@ def bootstrap_aurocs(score_id, score_ood, n_boot: int = N_BOOT, seed: int = BOOT
     return out
 
 
+def _as_task(task) -> tuple[Side, Side]:
+    if len(task) != 2 or not all(isinstance(s, Side) for s in task):
+        raise TypeError("a bootstrap task is a (positive, negative) pair of metrics.Side, each naming its image set: "
+                        "Side('id-test', scores) — sides of one set share its resampled images")
+    return tuple(task)
+
+
+def _memo_key(tasks, n_boot, seed, strata) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    for side in (s for task in tasks for s in task):
+        h.update(side.set.encode() + b"|" + np.asarray(side.scores, dtype=np.float64).tobytes() + b"|")
+        h.update(b"all" if side.index is None else np.asarray(side.index, dtype=np.int64).tobytes())
+    for k in sorted(strata):
+        h.update(k.encode() + np.asarray(strata[k]).tobytes())
+    return h.digest() + repr((n_boot, seed)).encode()
+
+
 # A book page asks for the same resamples several times (a cell's interval, then the mean over pairs, then each
-# paired comparison): they are kept, keyed by the scores' bytes, the sizes, n_boot and seed (16 MB at most).
-_MEMO_SIZE = 1024
+# paired comparison): they are kept, keyed by the tasks' sets, scores and indices, n_boot and seed.
+_MEMO_SIZE = 256
 _memo: OrderedDict = OrderedDict()
 _memo_lock = threading.Lock()
 
 
-def _bootstrap_aurocs(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    values, groups = np.unique(np.concatenate([a, b]), return_inverse=True)
-    ga, gb = groups[: a.size], groups[a.size:]
-    out = np.empty(n_boot)
-    for lo in range(0, n_boot, 250):  # blocks of resamples bound the memory at 250 × (n + m) numbers
-        r = min(250, n_boot - lo)
-        wa = rng.multinomial(a.size, np.full(a.size, 1.0 / a.size), size=r).astype(np.float64)
-        wb = rng.multinomial(b.size, np.full(b.size, 1.0 / b.size), size=r).astype(np.float64)
-        out[lo:lo + r] = _weighted_mann_whitney(values.size, ga, wa, gb, wb)
-    return out
-
-
-def _weighted_mann_whitney(n_values: int, g_pos: np.ndarray, w_pos: np.ndarray, g_neg: np.ndarray,
-                           w_neg: np.ndarray) -> np.ndarray:
-    """AUROC of each row of multiplicities: positives and negatives are indices ``g_*`` into ``n_values`` sorted
-    distinct scores, ``w_*`` (r, n_*) their weights in r resamples; a tie counts ½. NaN where a side weighs 0."""
-    r = w_pos.shape[0]
-    per_value = np.bincount((np.arange(r)[:, None] * n_values + g_neg[None, :]).ravel(), weights=w_neg.ravel(),
-                            minlength=r * n_values).reshape(r, n_values)  # negatives' weight at each score
-    below = np.cumsum(per_value, axis=1) - per_value
-    u = (w_pos * (below[:, g_pos] + 0.5 * per_value[:, g_pos])).sum(axis=1)
-    total = w_pos.sum(axis=1) * w_neg.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, u / np.where(total > 0, total, 1.0), np.nan)
+def bootstrap_aurocs(score_id, score_ood, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> np.ndarray:
+    """AUROC of ``n_boot`` stratified bootstrap resamples of one ID and one OOD set (each drawn with replacement,
+    its size fixed), exact with ties: :func:`joint_bootstrap` of one task."""
+    return joint_bootstrap([(Side("ID", score_id), Side("OOD", score_ood))], n_boot, seed)[0]
 
 
 def interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
@@ -145,34 +252,39 @@ def auroc_interval(score_id, score_ood, n_boot: int = N_BOOT, seed: int = BOOT_S
     return interval(bootstrap_aurocs(score_id, score_ood, n_boot, seed), level)
 
 
-def mean_auroc_samples(score_pairs: list[tuple], n_boot: int = N_BOOT, seed: int = BOOT_SEED,
-                       resample_pairs: bool = False) -> np.ndarray:
-    """Bootstrap samples of the mean AUROC over several (ID scores, OOD scores) pairs: images are resampled within
-    each pair (pair i with seed ``seed + i``, so two methods scored on the same images are paired), and with
-    ``resample_pairs`` the pairs themselves are drawn with replacement too (the same draw for every method)."""
-    per_pair = np.stack([bootstrap_aurocs(s_id, s_ood, n_boot, seed + i) for i, (s_id, s_ood) in enumerate(score_pairs)])
+def mean_auroc_samples(tasks, n_boot: int = N_BOOT, seed: int = BOOT_SEED, resample_pairs: bool = False,
+                       strata: dict | None = None) -> np.ndarray:
+    """Bootstrap samples of the mean AUROC over tasks ((positive, negative) :class:`Side` pairs), jointly resampled
+    (:func:`joint_bootstrap`); with ``resample_pairs`` the tasks themselves are drawn with replacement too (the
+    same draw for every method, since it depends on the seed and the number of tasks only)."""
+    per_task = joint_bootstrap(tasks, n_boot, seed, strata)
     if not resample_pairs:
-        return per_pair.mean(axis=0)
-    draws = np.random.default_rng(seed + 10_000).integers(0, len(score_pairs), (n_boot, len(score_pairs)))
-    return per_pair[draws, np.arange(n_boot)[:, None]].mean(axis=1)
+        return per_task.mean(axis=0)
+    draws = np.random.default_rng(seed + 10_000).integers(0, len(per_task), (n_boot, len(per_task)))
+    return per_task[draws, np.arange(n_boot)[:, None]].mean(axis=1)
 
 
-def paired_difference(pairs_a: list[tuple], pairs_b: list[tuple], n_boot: int = N_BOOT, seed: int = BOOT_SEED,
-                      resample_pairs: bool = True, level: float = LEVEL) -> dict:
-    """Mean AUROC of method A minus method B over the same pairs and images, with a paired bootstrap interval
-    (images resampled within each pair, the same images for both methods; pairs resampled too unless
-    ``resample_pairs`` is False) and the share of resamples in which A is ahead."""
-    if len(pairs_a) != len(pairs_b):
+def paired_difference(tasks_a, tasks_b, n_boot: int = N_BOOT, seed: int = BOOT_SEED, resample_pairs: bool = True,
+                      level: float = LEVEL, strata: dict | None = None) -> dict:
+    """Mean AUROC of method A minus method B over the same tasks and images, with a paired bootstrap interval (one
+    joint draw of the image sets for both methods; the tasks resampled too unless ``resample_pairs`` is False) and
+    the share of resamples in which A is ahead."""
+    tasks_a, tasks_b = [_as_task(t) for t in tasks_a], [_as_task(t) for t in tasks_b]
+    if len(tasks_a) != len(tasks_b):
         raise ValueError("a paired comparison needs both methods on the same pairs")
-    for (a_id, a_ood), (b_id, b_ood) in zip(pairs_a, pairs_b):
-        if np.size(a_id) != np.size(b_id) or np.size(a_ood) != np.size(b_ood):
-            raise ValueError("a paired comparison needs both methods scored on the same images")
-    diff = (mean_auroc_samples(pairs_a, n_boot, seed, resample_pairs)
-            - mean_auroc_samples(pairs_b, n_boot, seed, resample_pairs))
-    observed = float(np.mean([auroc(*p) for p in pairs_a]) - np.mean([auroc(*p) for p in pairs_b]))
+    for ta, tb in zip(tasks_a, tasks_b):
+        for sa, sb in zip(ta, tb):
+            same_index = (sa.index is None and sb.index is None) or (
+                sa.index is not None and sb.index is not None and np.array_equal(sa.index, sb.index))
+            if sa.set != sb.set or np.size(sa.scores) != np.size(sb.scores) or not same_index:
+                raise ValueError("a paired comparison needs both methods scored on the same images")
+    diff = (mean_auroc_samples(tasks_a, n_boot, seed, resample_pairs, strata)
+            - mean_auroc_samples(tasks_b, n_boot, seed, resample_pairs, strata))
+    observed = float(np.mean([auroc(a.scores, b.scores) for a, b in tasks_a])
+                     - np.mean([auroc(a.scores, b.scores) for a, b in tasks_b]))
     low, high = interval(diff, level)
     return {"difference": observed, "low": low, "high": high, "share_a_ahead": float(np.mean(diff > 0)),
-            "n_pairs": len(pairs_a), "n_boot": n_boot, "seed": seed, "resample_pairs": resample_pairs}
+            "n_pairs": len(tasks_a), "n_boot": n_boot, "seed": seed, "resample_pairs": resample_pairs}
 
 
 # ----------------------------------------------------------------------------- anomaly maps
@@ -190,18 +302,20 @@ def image_auroc(defective_maps, clean_maps) -> float:
     return auroc(top(defective_maps), top(clean_maps))
 
 
-def pro_curve(maps, masks) -> tuple[np.ndarray, np.ndarray]:
+def pro_curve(maps, masks, fpr_limit: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The per-region overlap curve of MVTec AD (Bergmann et al. 2021), as anomalib computes AUPRO.
 
     Regions are the connected components (8-connected) of each image's mask. At a threshold t the false positive
     rate is the share of all normal pixels at or above t, and the PRO the mean over regions of the share of the
-    region's pixels at or above t. Thresholds run over every distinct normal-pixel score (plus one above them
-    all), so the curve is exact. Returns (FPR, PRO), FPR increasing.
+    region's pixels at or above t. Thresholds run over every distinct map value, normal and anomalous (plus one
+    above them all), so the curve is exact: a value found only in regions raises the PRO at a constant FPR.
+    With ``fpr_limit`` the curve stops at the first threshold whose FPR exceeds it. Returns (FPR, PRO), FPR
+    increasing.
     """
     from scipy import ndimage
 
     maps, masks = np.asarray(maps, dtype=np.float64), np.asarray(masks, dtype=bool)
-    normal = np.sort(maps[~masks])[::-1]
+    normal = np.sort(maps[~masks])
     if normal.size == 0:
         raise ValueError("AUPRO needs normal pixels")
     regions = []
@@ -210,17 +324,21 @@ def pro_curve(maps, masks) -> tuple[np.ndarray, np.ndarray]:
         regions += [np.sort(m[labelled == r]) for r in range(1, count + 1)]
     if not regions:
         raise ValueError("AUPRO needs at least one anomalous region")
-    thresholds = np.r_[np.inf, np.unique(normal)[::-1]]
-    fpr = np.searchsorted(-normal, -thresholds, side="right") / normal.size  # share of normal ≥ t
-    pro = np.mean([(r.size - np.searchsorted(r, thresholds, side="left")) / r.size for r in regions], axis=0)
-    pro[0] = np.mean([np.mean(r > normal[0]) for r in regions])  # just above every normal pixel: FPR 0
-    return fpr, pro
+    thresholds = np.r_[np.inf, np.unique(maps)[::-1]]
+    fpr = (normal.size - np.searchsorted(normal, thresholds, side="left")) / normal.size  # share of normal ≥ t
+    if fpr_limit is not None and np.any(fpr > fpr_limit):
+        stop = int(np.argmax(fpr > fpr_limit)) + 1
+        thresholds, fpr = thresholds[:stop], fpr[:stop]
+    pro = np.zeros(len(thresholds))
+    for r in regions:
+        pro += (r.size - np.searchsorted(r, thresholds, side="left")) / r.size
+    return fpr, pro / len(regions)
 
 
 def aupro(maps, masks, fpr_limit: float = 0.3) -> float:
     """Area under the PRO curve up to ``fpr_limit`` (linear interpolation at the limit), divided by the limit:
     1 is perfect, and a map with no information scores about ``fpr_limit / 2``."""
-    fpr, pro = pro_curve(maps, masks)
+    fpr, pro = pro_curve(maps, masks, fpr_limit)
     keep = fpr <= fpr_limit
     x, y = fpr[keep], pro[keep]
     if x[-1] < fpr_limit and keep.sum() < len(fpr):
@@ -230,18 +348,30 @@ def aupro(maps, masks, fpr_limit: float = 0.3) -> float:
     return float(np.trapezoid(y, x) / fpr_limit)
 
 
-def pixel_auroc_samples(maps, masks, n_boot: int = 200, seed: int = BOOT_SEED) -> np.ndarray:
+def pixel_auroc_samples(maps, masks, n_boot: int = 200, seed: int = BOOT_SEED, units=None,
+                        set_key: str = "images") -> np.ndarray:
     """Pixel AUROC of ``n_boot`` bootstrap resamples of the images (each image's pixels go with it), exact with
-    ties: the images are the independent units, not the pixels."""
+    ties: the images are the independent units, not the pixels.
+
+    ``units`` gives each map's unit (default: each map its own); maps of one unit are drawn together (a defective
+    image and the clean image it was made from). Units are resampled as the set ``set_key``
+    (:class:`SetDraws`): every call with the same key, seed and number of units draws the same units, so
+    pixel AUROCs of several defect kinds or map forms made from one set of images are resampled jointly.
+    """
     maps, masks = np.asarray(maps, dtype=np.float64), np.asarray(masks, dtype=bool)
-    n = len(maps)
-    image_of = np.repeat(np.arange(n), maps[0].size)
+    units = np.arange(len(maps)) if units is None else np.asarray(units, dtype=np.int64)
+    if len(units) != len(maps):
+        raise ValueError(f"{len(units)} units for {len(maps)} maps")
+    n_units = int(units.max()) + 1
+    unit_of = np.repeat(units, maps[0].size)
     flat, positive = maps.ravel(), masks.ravel()
-    values, groups = np.unique(flat, return_inverse=True)
-    g_pos, g_neg, i_pos, i_neg = groups[positive], groups[~positive], image_of[positive], image_of[~positive]
-    rng = np.random.default_rng(seed)
+    task = _Prepared(Side(set_key, flat[positive]), Side(set_key, flat[~positive]))
+    u_pos, u_neg = unit_of[positive], unit_of[~positive]
     out = np.empty(n_boot)
-    for b in range(n_boot):  # one resample at a time: a row of weights per pixel is large
-        w_image = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
-        out[b] = _weighted_mann_whitney(values.size, g_pos, w_image[i_pos][None], g_neg, w_image[i_neg][None])[0]
+    block = max(1, int(4e6 // flat.size))
+    draws = SetDraws(set_key, n_units, seed)
+    for lo in range(0, n_boot, block):
+        r = min(block, n_boot - lo)
+        counts = draws.next(r)
+        out[lo:lo + r] = task.aurocs(counts[:, u_pos], counts[:, u_neg])
     return out

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 from scipy import ndimage
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from diffpath_core import DiffPathV2, Extraction, load_dataset
 from diffpath_core.api import DEFAULT_MAPS
@@ -82,40 +82,80 @@ def test_a_defect_sets_identity_names_its_clean_images_kind_seed_and_size():
 
 # ----------------------------------------------------------------------------- metrics
 
-def _regions_example():
+def _regions_example(rounded: bool):
+    """Six 12×12 maps with four defect regions (two in one image); off the grid of normal values unless rounded."""
     rng = np.random.default_rng(0)
-    maps = np.round(rng.normal(size=(6, 12, 12)), 1)
+    maps = rng.normal(size=(6, 12, 12))
     masks = np.zeros((6, 12, 12), bool)
     masks[0, 2:5, 2:5] = True
     masks[1, 6:9, 1:3] = True
     masks[1, 0:2, 9:12] = True
     masks[3, 5:10, 5:7] = True
     maps[masks] += 1.0
-    return maps, masks
+    return (np.round(maps, 1) if rounded else maps), masks
 
 
-def test_pixel_metrics_match_independent_computations():
-    """Pixel AUROC against scikit-learn; AUPRO against MVTec AD's definition written out threshold by threshold
-    (regions = 8-connected components, FPR over normal pixels, area up to FPR 0.3 divided by 0.3)."""
-    maps, masks = _regions_example()
-    assert pixel_auroc(maps, masks) == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-12)
+def _aupro_by_regions(maps, masks, limit):
+    """AUPRO written another way: the PRO curve is the mean of the regions' own ROC curves (each region's pixels
+    against all normal pixels) on one FPR axis, so its area up to ``limit`` is the mean of their areas, each from
+    scikit-learn's ROC curve with linear interpolation at the limit."""
     normal = maps[~masks]
-    regions = [(m, lab == r) for m, k in zip(maps, masks)
-               for lab, count in [ndimage.label(k, structure=np.ones((3, 3)))] for r in range(1, count + 1)]
-    assert len(regions) == 4
-    curve = {0.0: np.mean([np.mean(m[r] > normal.max()) for m, r in regions])}
-    for t in np.unique(maps):
-        fpr = np.mean(normal >= t)
-        curve[fpr] = max(curve.get(fpr, 0.0), np.mean([np.mean(m[r] >= t) for m, r in regions]))
-    x = np.array(sorted(curve))
-    y = np.array([curve[v] for v in x])
-    inside = x <= 0.3
-    y_end = np.interp(0.3, x, y)
-    expected = np.trapezoid(np.r_[y[inside], y_end], np.r_[x[inside], 0.3]) / 0.3
-    assert aupro(maps, masks) == pytest.approx(expected, abs=1e-12)
+    areas = []
+    for m, k in zip(maps, masks):
+        labelled, count = ndimage.label(k, structure=np.ones((3, 3)))
+        for r in range(1, count + 1):
+            region = m[labelled == r]
+            fpr, tpr, _ = roc_curve(np.r_[np.ones(region.size), np.zeros(normal.size)], np.r_[region, normal],
+                                    drop_intermediate=False)
+            x, y = fpr[fpr <= limit], tpr[fpr <= limit]
+            if x[-1] < limit:
+                x, y = np.r_[x, limit], np.r_[y, np.interp(limit, fpr, tpr)]
+            areas.append(np.trapezoid(y, x) / limit)
+    return float(np.mean(areas))
+
+
+@pytest.mark.parametrize("rounded", [False, True])
+def test_pixel_metrics_match_independent_computations(rounded):
+    """Pixel AUROC against scikit-learn; AUPRO against the mean of the regions' scikit-learn ROC areas, within 1e-6,
+    on values off the normal pixels' grid (each defect value its own threshold) and on rounded ones (ties)."""
+    maps, masks = _regions_example(rounded)
+    assert pixel_auroc(maps, masks) == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-12)
+    for limit in (0.3, 1.0):
+        assert aupro(maps, masks, limit) == pytest.approx(_aupro_by_regions(maps, masks, limit), abs=1e-6), limit
     perfect = np.where(masks, 10.0, 0.0) + 0.01 * np.random.default_rng(1).random(masks.shape)
     assert aupro(perfect, masks) == pytest.approx(1.0) and pixel_auroc(perfect, masks) == 1.0
     assert image_auroc(maps[:3] + 5, maps[3:]) == 1.0
+
+
+def test_aupro_counts_region_values_between_normal_ones():
+    """Normal pixels 0 and 1, the defect pixel 0.5: at FPR ½ (threshold 1) the PRO is 0, and just below 1 the
+    defect pixel is found with no more false positives, so the curve rises at FPR ½: area ½ over FPR [0, 1].
+    Thresholds at normal values only would draw a diagonal and give ¼."""
+    maps = np.array([[[0.0, 1.0, 0.5]]])
+    masks = np.array([[[False, False, True]]])
+    assert aupro(maps, masks, fpr_limit=1.0) == pytest.approx(0.5, abs=1e-12)
+
+
+def test_pixel_auroc_samples_are_exact_and_drawn_by_image():
+    """Each resample equals scikit-learn's weighted pixel AUROC with each image's pixels weighted by how often the
+    image was drawn; maps of one unit (a defective image and its clean original) share a draw, and two calls on
+    one set of units draw the same images."""
+    from diffpath_core.metrics import pixel_auroc_samples, resample_counts
+
+    maps, masks = _regions_example(True)
+    pooled = np.concatenate([maps, maps[::-1] - 0.5])
+    pooled_masks = np.concatenate([masks, np.zeros_like(masks)])
+    units = np.r_[np.arange(6), np.arange(6)]
+    samples = pixel_auroc_samples(pooled, pooled_masks, n_boot=15, seed=2, units=units, set_key="val")
+    counts = resample_counts("val", 6, 15, 2)
+    drawn = [b for b in range(15) if counts[b][[0, 1, 3]].sum() > 0]  # a resample with a defective image
+    assert len(drawn) >= 10 and np.isnan(np.delete(samples, drawn)).all()
+    for b in drawn:
+        weights = np.repeat(counts[b][units], masks[0].size)
+        expected = roc_auc_score(pooled_masks.ravel(), pooled.ravel(), sample_weight=weights)
+        assert samples[b] == pytest.approx(expected, abs=1e-12)
+    again = pixel_auroc_samples(pooled * 2, pooled_masks, n_boot=15, seed=2, units=units, set_key="val")
+    np.testing.assert_allclose(again, samples, atol=1e-12)  # scaled maps, the same draws: the same AUROCs
 
 
 # ----------------------------------------------------------------------------- maps

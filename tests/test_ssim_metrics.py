@@ -6,8 +6,9 @@ from skimage.metrics import structural_similarity
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from diffpath_core.statistics import ssim_map
-from diffpath_core.metrics import (all_metrics, aupr_in, aupr_out, auroc, auroc_interval, bootstrap_aurocs,
-                                   fpr_at_tpr, mean_auroc_samples, paired_difference)
+from diffpath_core.metrics import (Side, all_metrics, aupr_in, aupr_out, auroc, auroc_interval, interval,
+                                   joint_bootstrap, fpr_at_tpr, mean_auroc_samples, paired_difference,
+                                   resample_counts, SetDraws)
 
 
 def skimage_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -73,17 +74,38 @@ def test_metrics_extremes_and_errors():
 
 # ----------------------------------------------------------------------------- intervals
 
-def test_bootstrap_resamples_are_exact_weighted_aurocs():
+@pytest.mark.parametrize("n_id, n_ood", [(50, 70), (90, 30)])  # either side the larger (two code paths)
+def test_bootstrap_resamples_are_exact_weighted_aurocs(n_id, n_ood):
     """Each resample's AUROC equals scikit-learn's on the same draw (multiplicities as sample weights), ties too."""
     rng = np.random.default_rng(0)
-    a, b = np.round(rng.normal(1, 1, 50), 1), np.round(rng.normal(0, 1, 70), 1)
-    ours = bootstrap_aurocs(a, b, n_boot=20, seed=3)
-    draw = np.random.default_rng(3)
-    wa = draw.multinomial(50, np.full(50, 1 / 50), size=20)
-    wb = draw.multinomial(70, np.full(70, 1 / 70), size=20)
-    y, s = np.r_[np.ones(50), np.zeros(70)], np.r_[a, b]
+    a, b = np.round(rng.normal(1, 1, n_id), 1), np.round(rng.normal(0, 1, n_ood), 1)
+    ours = joint_bootstrap([(Side("A", a), Side("B", b))], n_boot=20, seed=3)[0]
+    wa, wb = resample_counts("A", n_id, 20, 3), resample_counts("B", n_ood, 20, 3)
+    assert (wa.sum(1) == n_id).all() and (wb.sum(1) == n_ood).all(), "sizes fixed: a stratified bootstrap"
+    y, s = np.r_[np.ones(n_id), np.zeros(n_ood)], np.r_[a, b]
     expected = [roc_auc_score(y, s, sample_weight=np.r_[wa[i], wb[i]]) for i in range(20)]
     np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-12)
+
+
+def test_a_set_is_drawn_once_per_resample_for_every_task_and_block():
+    """Two tasks that share a set see the same multiplicities of it; a set's draws do not depend on the other
+    tasks, on how many resamples are asked for at once, or on the strata of another set; within strata each class
+    keeps its size."""
+    rng = np.random.default_rng(1)
+    shared, x, y = rng.normal(1, 1, 40), rng.normal(0, 1, 30), rng.normal(0.5, 1, 50)
+    both = joint_bootstrap([(Side("id", shared), Side("x", x)), (Side("id", shared), Side("y", y))], 300, 5)
+    alone = joint_bootstrap([(Side("id", shared), Side("y", y))], 300, 5)
+    np.testing.assert_array_equal(both[1], alone[0])
+    draws = SetDraws("id", 40, 5)
+    counts = resample_counts("id", 40, 300, 5)
+    np.testing.assert_array_equal(np.concatenate([draws.next(100), draws.next(200)]), counts)
+    w = counts[7]
+    expected = roc_auc_score(np.r_[np.ones(40), np.zeros(30)], np.r_[shared, x],
+                             sample_weight=np.r_[w, resample_counts("x", 30, 300, 5)[7]])
+    assert both[0, 7] == pytest.approx(expected, abs=1e-12)
+    labels = np.repeat([0, 1, 2], [5, 15, 20])
+    strat = resample_counts("s", 40, 200, 0, strata=labels)
+    assert all((strat[:, labels == c].sum(1) == (labels == c).sum()).all() for c in range(3))
 
 
 def test_interval_covers_the_true_auroc_at_its_rate():
@@ -98,20 +120,51 @@ def test_interval_covers_the_true_auroc_at_its_rate():
     assert np.mean(covered) >= 0.90, np.mean(covered)
 
 
-def test_paired_difference_sees_a_real_gap_and_not_a_fake_one():
-    """Method A better than B on every pair: its lead is inside a positive interval; B against a copy of itself
-    with tiny noise: an interval around zero. Both methods must score the same images."""
+def test_the_mean_over_pairs_that_share_their_id_images_covers():
+    """One ID set shared by four OOD sets (n = m = 300, ID ~ N(1, 1), OOD ~ N(μ, 1), μ = 0, 0.3, 0.6, 0.9; the true
+    mean AUROC is the mean of Φ((1 − μ)/√2)), 400 simulated data sets. The joint bootstrap, which resamples the ID
+    set once per draw for all four pairs, covers the truth with its nominal 95 % interval at least 93 % of the time
+    (measured: 95.0 %); resampling the ID images apart in each pair, as this project did before, ignores the
+    covariance the pairs share and falls below 85 % (measured: 78 %)."""
+    from scipy.stats import norm
+
+    shifts = np.array([0.0, 0.3, 0.6, 0.9])
+    truth = norm.cdf((1 - shifts) / np.sqrt(2)).mean()
+    rng = np.random.default_rng(0)
+    covered = {"joint": [], "per pair": []}
+    for rep in range(400):
+        s_id, oods = rng.normal(1, 1, 300), [rng.normal(mu, 1, 300) for mu in shifts]
+        joint = [(Side("id", s_id), Side(f"ood{j}", o)) for j, o in enumerate(oods)]
+        apart = [(Side(f"id in pair {j}", s_id), Side(f"ood{j}", o)) for j, o in enumerate(oods)]
+        for name, tasks in (("joint", joint), ("per pair", apart)):
+            low, high = interval(mean_auroc_samples(tasks, n_boot=500, seed=rep))
+            covered[name].append(low <= truth <= high)
+    assert np.mean(covered["joint"]) >= 0.93, np.mean(covered["joint"])
+    assert np.mean(covered["per pair"]) < 0.85, np.mean(covered["per pair"])
+
+
+def test_paired_difference_sees_a_small_consistent_gap_and_not_a_fake_one():
+    """A scores every ID image of four pairs 0.08 above B (the same images, the same OOD scores): a lead of about
+    0.02 AUROC on every pair, far inside the width of each method's own interval (0.08) but certain when both are resampled
+    together; an unpaired bootstrap (independent draws for A and B) cannot see it. B against a copy of itself
+    with tiny noise: an interval around zero. Both methods must score the same images of the same sets."""
     rng = np.random.default_rng(1)
-    ood = [rng.normal(0, 1, 200) for _ in range(4)]
-    ids = [rng.normal(0, 1, 200) for _ in range(4)]
-    pairs_a = [(i + 1.0, o) for i, o in zip(ids, ood)]   # AUROC about 0.76
-    pairs_b = [(i + 0.5, o) for i, o in zip(ids, ood)]   # about 0.64
-    gap = paired_difference(pairs_a, pairs_b, n_boot=1000)
-    assert 0.05 < gap["low"] < gap["difference"] < gap["high"] and gap["share_a_ahead"] == 1.0
-    twin = [(i + 0.5 + 1e-6 * rng.normal(size=200), o) for i, o in zip(ids, ood)]
-    tie = paired_difference(twin, pairs_b, n_boot=1000)
+    ids = rng.normal(0.5, 1, 200)
+    oods = [rng.normal(0, 1, 200) for _ in range(4)]
+    tasks_b = [(Side("id", ids), Side(f"ood{j}", o)) for j, o in enumerate(oods)]
+    tasks_a = [(Side("id", ids + 0.08), Side(f"ood{j}", o)) for j, o in enumerate(oods)]
+    gap = paired_difference(tasks_a, tasks_b, n_boot=1000)
+    own_width = np.diff(interval(mean_auroc_samples(tasks_b, 1000)))[0]
+    assert 0.01 < gap["difference"] < 0.03 and own_width > 3 * gap["difference"]
+    assert 0 < gap["low"] < gap["high"] and gap["share_a_ahead"] == 1.0
+    twin = [(Side("id", ids + 1e-6 * rng.normal(size=200)), o) for (_, o) in tasks_b]
+    tie = paired_difference(twin, tasks_b, n_boot=1000)
     assert tie["low"] <= 0 <= tie["high"]
     with pytest.raises(ValueError, match="same images"):
-        paired_difference(pairs_a, [(i[:10], o) for i, o in pairs_b])
-    fixed = mean_auroc_samples(pairs_a, n_boot=500)
-    assert abs(np.mean(fixed) - np.mean([auroc(*p) for p in pairs_a])) < 0.01
+        paired_difference(tasks_a, [(Side("id", i.scores[:10]), o) for i, o in tasks_b])
+    with pytest.raises(ValueError, match="same images"):
+        paired_difference(tasks_a, [(Side("other id", i.scores), o) for i, o in tasks_b])
+    with pytest.raises(TypeError, match="Side"):
+        paired_difference([(ids, oods[0])], [(ids, oods[0])])
+    fixed = mean_auroc_samples(tasks_a, n_boot=500)
+    assert abs(np.mean(fixed) - np.mean([auroc(i.scores, o.scores) for i, o in tasks_a])) < 0.01
