@@ -34,7 +34,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:1 …")
     p.add_argument("-k", "--steps", type=int, default=10, dest="k", help="trajectory steps K (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=64, help="images per network call (default: %(default)s)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "bf16", "fp16"),
+    p.add_argument("--precision", default="fp32", choices=_Listed("trajectory", "PRECISIONS"), metavar="PRECISION",
                    help="network precision: fp32 (exact; TF32 off on GPUs), tf32 (TF32 matmuls on Ampere+ GPUs), "
                         "bf16/fp16 autocast (faster on GPU); each has cache entries of its own")
     p.add_argument("--channels-last", action="store_true",
@@ -86,6 +86,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import methods as names  # the method names, without importing torch
     parser = OneLineParser(prog="diffpath", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
@@ -109,10 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of ID test images for a folder --id (then --id trains on all its images); "
                         "without it a folder --id is split into disjoint halves, ID-train and ID-test (seeded)")
     e.add_argument("--pair", nargs="+", default=[], metavar="ID:OOD", help="extra pairs, e.g. fmnist_tops:fmnist_footwear")
-    e.add_argument("--methods", nargs="+", default=["DiffPath-1D", "DiffPath-6D", "DiffPathV2", "DiffPathV2-PS"],
-                   help="DiffPath-1D DiffPath-6D DiffPathV2 (the published methods), DiffPathV2-PS (this project's "
-                        "per-step variant), Reconstruction (baseline); default: the first four")
-    e.add_argument("--density", default="compact", choices=("compact", "reference"),
+    e.add_argument("--methods", nargs="+", default=list(names.METHODS + names.VARIANTS), metavar="METHOD",
+                   choices=_Listed("evaluate", "METHODS", "VARIANTS", "BASELINES"),
+                   help=f"{' '.join(names.METHODS)} (the published methods), {' '.join(names.VARIANTS)} (this "
+                        "project's: a per-step formulation and a spatial detector), and the baselines "
+                        "Reconstruction, 'Border mean'; default: the published methods and this project's")
+    e.add_argument("--density", default="compact", choices=_Listed("detectors", "DENSITIES"),
                    help="density setting: 'compact' grid (fast, small ID sets) or DiffPath's own 'reference' grid "
                         "(GMM 50/100 components × 4 covariance types, 10-fold CV; KDE bandwidth 5)")
     e.add_argument("--n-train", type=int, default=2000, help="ID training images per set (default: %(default)s)")
@@ -122,15 +125,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="go on when ID-train, ID-test and an OOD set share identical images (compared by content); "
                         "without it that is an error naming them. Allowed overlaps are counted in the output")
     e.add_argument("--out", default=None, help="write the full table (all metrics) as CSV")
+    _bits_option(e)
     _common(e)
 
     s = sub.add_parser("select", help="rank DiffPathV2's open switches (and this project's variants) on the "
                                       "validation protocol (ID data only)")
     s.add_argument("--id", dest="id_set", default="fashion_mnist")
     s.add_argument("--n-train", type=int, default=2000)
-    s.add_argument("--density", default="compact", choices=("compact", "reference"))
+    s.add_argument("--density", default="compact", choices=_Listed("detectors", "DENSITIES"))
     s.add_argument("--out", default=None, help="write the ranking as CSV")
+    _bits_option(s)
     _common(s)
+
+    ss = sub.add_parser("select-spatial", help="rank the candidates of this project's spatial detector (SpatialPath) "
+                                              "on the validation protocol (ID data only)")
+    ss.add_argument("--id", dest="id_set", default="fashion_mnist")
+    ss.add_argument("--n-train", type=int, default=2000)
+    ss.add_argument("--density", default="compact", choices=_Listed("detectors", "DENSITIES"))
+    ss.add_argument("--out", default=None, help="write the ranking as CSV")
+    _bits_option(ss)
+    _common(ss)
 
     sm = sub.add_parser("select-maps", help="rank the anomaly-map forms of each method on ID images and synthetic "
                                            "validation defects (ID data only)")
@@ -138,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--n-train", type=int, default=1300, help="ID training images: 60%% reference, the rest "
                                                              "(at most 300) validation (default: %(default)s)")
     sm.add_argument("--out", default=None, help="write the ranking as CSV")
+    _bits_option(sm)
     _common(sm)
 
     mp = sub.add_parser("maps", help="anomaly maps of images: where in each image the anomaly is")
@@ -255,13 +270,14 @@ def cmd_evaluate(args) -> int:
           f"up to {args.n_train} ID-train / {args.n_test} test images per set", file=sys.stderr)
     ev = Evaluation(_extraction(args, model), n_train=args.n_train, n_test=args.n_test, seed=args.seed,
                     resize=args.resize, convert=args.convert_channels, density=args.density,
-                    id_test={args.id_set: args.id_test} if args.id_test else None, allow_overlap=args.allow_overlap)
+                    id_test={args.id_set: args.id_test} if args.id_test else None, allow_overlap=args.allow_overlap,
+                    bits=args.bits)
     t0 = time.perf_counter()
     result = ev.run(pairs, args.methods)
     for note in result.notes:
         print(f"note: {note}")
     print(f"\nAUROC (higher is better) [95% interval: stratified bootstrap over images, {result.n_boot} resamples, "
-          "seed 0 + the pair's place]\n" + result.table("auroc"))
+          "seed 0; each test set resampled once per draw, whichever pairs share it]\n" + result.table("auroc"))
     print("\nFPR at 95% TPR (lower is better)\n" + result.table("fpr95"))
     print(f"\n{time.perf_counter() - t0:.1f} s in all; density setting {args.density!r}, hyper-parameters chosen "
           "by cross-validation on ID training features only")
@@ -278,7 +294,7 @@ def cmd_select(args) -> int:
 
     model = _model(args)
     train = load_images(args.id_set, "train", size=model.image_size, channels=model.in_channels, limit=args.n_train,
-                        resize_images=args.resize, convert=args.convert_channels)
+                        resize_images=args.resize, convert=args.convert_channels, bits=args.bits)
     rows = select_formulation(_extraction(args, model), train, density=args.density)
     print(f"{'rank':>4}  {'mean AUROC (95% interval)':>26}  {'lead of best':>12}  {'':<6}  {'family':<11} switches")
     for i, r in enumerate(rows, 1):
@@ -295,6 +311,30 @@ def cmd_select(args) -> int:
     return 0
 
 
+def cmd_select_spatial(args) -> int:
+    from .datasets import load_images
+    from .evaluate import write_rows_csv
+    from .validation import select_spatial_form
+
+    model = _model(args)
+    train = load_images(args.id_set, "train", size=model.image_size, channels=model.in_channels, limit=args.n_train,
+                        resize_images=args.resize, convert=args.convert_channels, bits=args.bits)
+    rows = select_spatial_form(_extraction(args, model), train, density=args.density)
+    print(f"{'rank':>4}  {'mean AUROC (95% interval)':>26}  {'lead of best':>12}  {'':<6}  form")
+    for i, r in enumerate(rows, 1):
+        mark = "CHOSEN" if r["chosen"] else ("tied" if r["tied_with_best"] and r["family"] == "spatial" else "")
+        print(f"{i:>4}  {r['mean_auroc']:.4f} ({r['mean_low']:.4f}–{r['mean_high']:.4f})  {r['lead_of_best']:>12.4f}  "
+              f"{mark:<6}  {r['label'] if r['family'] == 'spatial' else r['family']}")
+    chosen = next(r for r in rows if r["chosen"])
+    print(f"\nSpatialPath's default: {chosen['label']} (the simplest candidate whose gap to the best is inside the 95% "
+          f"paired bootstrap interval; {rows[0]['n_fit']} fit, {rows[0]['n_val']} validation and "
+          f"{rows[0]['n_held_out']} held-out-class images)")
+    if args.out:
+        write_rows_csv(rows, args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_select_maps(args) -> int:
     from .datasets import load_images
     from .evaluate import write_rows_csv
@@ -302,7 +342,7 @@ def cmd_select_maps(args) -> int:
 
     model = _model(args)
     train = load_images(args.id_set, "train", size=model.image_size, channels=model.in_channels, limit=args.n_train,
-                        resize_images=args.resize, convert=args.convert_channels)
+                        resize_images=args.resize, convert=args.convert_channels, bits=args.bits)
     rows = select_map_forms(_extraction(args, model), train)
     for family in dict.fromkeys(r["family"] for r in rows):
         mine = [r for r in rows if r["family"] == family]
@@ -460,7 +500,8 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     handler = {"features": cmd_features, "evaluate": cmd_evaluate, "select": cmd_select,
-               "select-maps": cmd_select_maps, "maps": cmd_maps, "train": cmd_train,
+               "select-spatial": cmd_select_spatial, "select-maps": cmd_select_maps, "maps": cmd_maps,
+               "train": cmd_train,
                "download": cmd_download, "datasets": cmd_datasets, "models": cmd_models}[args.command]
     try:
         return handler(args)

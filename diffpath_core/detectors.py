@@ -165,6 +165,95 @@ class GMMDetector:
         return f"GMM, {p['n_components']} components, {p['covariance_type']} covariance"
 
 
+class PCAGMM:
+    """Whitened PCA of the first ``split`` feature columns to at most ``dims`` dimensions (fewer with fewer images),
+    the remaining columns kept beside them as they are, and the GMM of the named density setting on the result:
+    a density over a long vector (a grid of cells) that a GMM could not fit directly."""
+
+    def __init__(self, dims: int = 32, split: int | None = None, density: str = "compact", seed: int = 0):
+        self.dims, self.split, self.density, self.seed = dims, split, density, seed
+
+    @_one_blas_thread
+    def fit(self, features) -> "PCAGMM":
+        from sklearn.decomposition import PCA
+
+        x = _as_2d(features, "PCA + GMM fit")
+        cells, rest = self._parts(x)
+        n = max(1, min(self.dims, len(x) // 2, cells.shape[1]))
+        self.pca_ = PCA(n_components=n, whiten=True, random_state=self.seed).fit(cells)
+        self.gmm_ = density_model("gmm", self.density).fit(np.column_stack([self.pca_.transform(cells), rest]))
+        return self
+
+    def _parts(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        split = x.shape[1] if self.split is None else self.split
+        return x[:, :split], x[:, split:]
+
+    @_one_blas_thread
+    def score_samples(self, features) -> np.ndarray:
+        cells, rest = self._parts(_as_2d(features, "PCA + GMM score"))
+        return self.gmm_.score_samples(np.column_stack([self.pca_.transform(cells), rest]))
+
+    def token(self) -> str:
+        return f"pcagmm{self.dims}/{self.split}s{self.seed}|{density_model('gmm', self.density).token()}"
+
+    def describe(self) -> str:
+        return f"whitened PCA to {self.pca_.n_components_} dimensions; {self.gmm_.describe()}"
+
+
+class CellMemory:
+    """A memory of the ID-train images' cell vectors, in PatchCore's manner (Roth et al. 2022): an image is as
+    anomalous as its worst cell, and a cell as its distance to the nearest ID-train cell, at the same position
+    (``position``) or at any. Channels are standardised by their ID-train mean and deviation over all cells first.
+    Features are each image's cells flattened cell by cell, (N, cells × channels). ``score_samples`` returns minus
+    the worst cell's distance (higher = more ID); :meth:`cell_distances` each cell's."""
+
+    def __init__(self, cells: int, position: bool = True, max_memory: int = 100_000, seed: int = 0):
+        self.cells, self.position, self.max_memory, self.seed = cells, position, max_memory, seed
+
+    def _cells(self, features, what: str) -> np.ndarray:
+        x = _as_2d(features, what)
+        if x.shape[1] % self.cells:
+            raise InputError(f"{what}: {x.shape[1]} features are not {self.cells} cells of equal length")
+        return x.reshape(len(x), self.cells, -1)
+
+    @_one_blas_thread
+    def fit(self, features) -> "CellMemory":
+        from sklearn.neighbors import NearestNeighbors
+
+        v = self._cells(features, "cell memory fit")
+        flat = v.reshape(-1, v.shape[-1])
+        self.mean_ = flat.mean(axis=0)
+        self.std_ = np.maximum(flat.std(axis=0), 1e-6 * max(float(flat.std(axis=0).max()), 1e-12))
+        z = (v - self.mean_) / self.std_
+        if self.position:
+            self.memory_ = [NearestNeighbors(n_neighbors=1).fit(z[:, p]) for p in range(self.cells)]
+        else:
+            pool = z.reshape(-1, z.shape[-1])
+            if len(pool) > self.max_memory:  # a seeded random subset stands in for PatchCore's coreset
+                pool = pool[np.sort(np.random.default_rng(self.seed).choice(len(pool), self.max_memory, False))]
+            self.memory_ = NearestNeighbors(n_neighbors=1).fit(pool)
+        self.n_train_ = len(v)
+        return self
+
+    @_one_blas_thread
+    def cell_distances(self, features) -> np.ndarray:
+        """Each cell's distance to the nearest ID-train cell (at its position, or anywhere): (N, cells)."""
+        z = (self._cells(features, "cell memory score") - self.mean_) / self.std_
+        if self.position:
+            return np.column_stack([self.memory_[p].kneighbors(z[:, p])[0][:, 0] for p in range(self.cells)])
+        return self.memory_.kneighbors(z.reshape(-1, z.shape[-1]))[0][:, 0].reshape(len(z), self.cells)
+
+    def score_samples(self, features) -> np.ndarray:
+        return -self.cell_distances(features).max(axis=1)
+
+    def token(self) -> str:
+        return f"cellmemory{self.cells}{'pos' if self.position else 'any'}{self.max_memory}s{self.seed}"
+
+    def describe(self) -> str:
+        where = "at the same position" if self.position else "at any position"
+        return f"worst cell's distance to the nearest of {self.n_train_} ID-train images' cells {where}"
+
+
 DENSITIES = ("compact", "reference")
 
 

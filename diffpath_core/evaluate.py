@@ -16,25 +16,28 @@ from pathlib import Path
 
 import numpy as np
 
-from .api import BorderMean, DiffPath, DiffPathV2, DiffPathV2Variant
+from .api import BorderMean, DiffPath, DiffPathV2, DiffPathV2Variant, SpatialPath
 from .datasets import DATASETS, dataset_title, folder_summary, is_folder_source, item_names, load_images
 from .errors import InputError
 from .extraction import Extraction, require_extraction
 from .features import reconstruction_score
-from .metrics import (BOOT_SEED, N_BOOT, all_metrics, auroc, auroc_interval, bootstrap_aurocs, interval,
-                      paired_difference)
+from .methods import BASELINES as ALL_BASELINES
+from .methods import METHODS, VARIANTS
+from .metrics import BOOT_SEED, N_BOOT, Side, all_metrics, auroc, interval, joint_bootstrap, paired_difference
 from .store import atomic_savez, atomic_write_bytes, digest, stats_digest
 
-METHODS = ("DiffPath-1D", "DiffPath-6D", "DiffPathV2")  # the published methods
-VARIANTS = ("DiffPathV2-PS",)                             # this project's formulations, reported beside them
-BASELINES = ("Reconstruction", "Border mean")              # no diffusion features / no model at all
 METHOD_FACTORIES = {
     "DiffPath-1D": lambda **kw: DiffPath(variant="1d", **kw),
     "DiffPath-6D": lambda **kw: DiffPath(variant="6d", **kw),
     "DiffPathV2": lambda **kw: DiffPathV2(**kw),
     "DiffPathV2-PS": lambda **kw: DiffPathV2Variant(**kw),
+    "SpatialPath": lambda **kw: SpatialPath(**kw),
     "Border mean": lambda **kw: BorderMean(**kw),
 }
+
+
+# the baselines that score images from their path statistics (Pixel PCA reads pixels: the one-class protocol runs it)
+BASELINES = tuple(b for b in ALL_BASELINES if b in METHOD_FACTORIES or b == "Reconstruction")
 
 
 def make_method(name: str, **kwargs):
@@ -101,13 +104,16 @@ def label_title(label: str) -> str:
     return DATASETS[label].title if label in DATASETS else label
 
 
-def find_overlaps(content: dict) -> list[str]:
+def find_overlaps(content: dict, against: str | None = None) -> list[str]:
     """For sets given as {name: (image hashes, image names or None, where)}, one line per pair of sets that share
-    identical images: how many, and up to five of them by name."""
+    identical images: how many, and up to five of them by name. With ``against``, only that set is compared with
+    each other one."""
     found = []
     names = list(content)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
+            if against is not None and against not in (a, b):
+                continue
             (ha, na, wa), (hb, nb, wb) = content[a], content[b]
             if wa == wb:  # the same images by construction (an OOD set that is also the ID set): not an overlap
                 continue
@@ -175,38 +181,38 @@ class EvaluationResult:
     notes: list = field(default_factory=list)   # lines a reader should see beside the table (allowed overlaps)
     labels: dict = field(default_factory=dict)  # source → its label in the rows
     pairs: list = field(default_factory=list)   # the (ID, OOD) pairs in order
+    test_sets: dict = field(default_factory=dict)  # source → the key of its test images (one bootstrap draw each)
     n_boot: int = N_BOOT
 
-    def seed(self, id_name: str, ood: str) -> int:
-        """The bootstrap seed of a pair (its place in the run): every method on that pair draws the same images,
-        so intervals and comparisons are paired."""
-        return BOOT_SEED + self.pairs.index((id_name, ood))
+    def tasks(self, method: str, pairs=None) -> list[tuple[Side, Side]]:
+        """The method's (ID-test, OOD-test) scores on each pair, each side naming its image set: a set shared by
+        several pairs (an ID-test set, a set that is OOD for two ID sets and ID for a third) is resampled once
+        per bootstrap draw for all of them, and for every method (paired)."""
+        return [(Side(self.test_sets[a], self.scores[(method, a, b)][0]),
+                 Side(self.test_sets[b], self.scores[(method, a, b)][1])) for a, b in (pairs or self.pairs)]
 
-    def _pair_scores(self, method: str, pairs=None) -> list[tuple]:
-        return [self.scores[(method, a, b)] for a, b in (pairs or self.pairs)]
+    def samples(self, method: str, pairs=None) -> np.ndarray:
+        """Bootstrap AUROCs (pairs × resamples) of the method, one joint draw of the test sets per resample."""
+        return joint_bootstrap(self.tasks(method, pairs), self.n_boot, BOOT_SEED)
 
     def mean_auroc(self, method: str, pairs=None) -> dict:
-        """A method's mean AUROC over the pairs (default: all) with a bootstrap interval over images (pairs fixed,
-        each pair resampled with its own seed, as its row's interval)."""
+        """A method's mean AUROC over the pairs (default: all) with a bootstrap interval over images (pairs fixed;
+        each test set resampled once per draw, whichever pairs share it)."""
         pairs = pairs or self.pairs
-        values = [auroc(*s) for s in self._pair_scores(method, pairs)]
-        per_pair = np.stack([bootstrap_aurocs(*self.scores[(method, a, b)], self.n_boot, self.seed(a, b))
-                             for a, b in pairs])
-        low, high = interval(per_pair.mean(axis=0))
+        values = [auroc(*self.scores[(method, a, b)]) for a, b in pairs]
+        low, high = interval(self.samples(method, pairs).mean(axis=0))
         return {"method": method, "mean_auroc": float(np.mean(values)), "low": low, "high": high,
                 "pairs": len(pairs), "n_boot": self.n_boot}
 
     def compare(self, a: str, b: str, pairs=None) -> dict:
         """Method ``a`` against ``b`` on the same pairs and images: the mean AUROC difference, its paired bootstrap
-        interval (images within pairs and the pairs themselves resampled) and a verdict that says a difference
-        only when the interval excludes zero."""
-        pairs = pairs or self.pairs
-        diff = paired_difference(self._pair_scores(a, pairs), self._pair_scores(b, pairs), self.n_boot, BOOT_SEED,
+        interval (the test sets and the pairs themselves resampled, the same draws for both methods) and a verdict
+        that says a difference only when the interval excludes zero."""
+        diff = paired_difference(self.tasks(a, pairs), self.tasks(b, pairs), self.n_boot, BOOT_SEED,
                                  resample_pairs=True)
         verdict = (f"{a} above {b}" if diff["low"] > 0 else f"{b} above {a}" if diff["high"] < 0
                    else "no difference resolved")
         return {"a": a, "b": b, **diff, "verdict": verdict}
-
 
     def write_csv(self, path: str | os.PathLike) -> None:
         write_rows_csv(self.rows, path)
@@ -223,7 +229,7 @@ class EvaluationResult:
 
     def table(self, metric: str = "auroc") -> str:
         """A plain-text pairs × methods table of one metric, with the average row. For the AUROC each cell also
-        shows its 95 % bootstrap interval (the average's: images resampled, pairs fixed)."""
+        shows its 95 % bootstrap interval (the average's: test sets resampled jointly, pairs fixed)."""
         methods = list(dict.fromkeys(r["method"] for r in self.rows))
         pairs = list(dict.fromkeys((r["id"], r["ood"]) for r in self.rows))
         rows = {(r["id"], r["ood"], r["method"]): r for r in self.rows}
@@ -259,7 +265,8 @@ class Evaluation:
 
     def __init__(self, extraction: Extraction, *, n_train: int | None = 2000, n_test: int | None = 2000,
                  seed: int = 0, resize: bool = False, convert: bool = False, density: str = "compact",
-                 id_test: dict | None = None, allow_overlap: bool = False, n_boot: int = N_BOOT):
+                 id_test: dict | None = None, allow_overlap: bool = False, n_boot: int = N_BOOT,
+                 bits: int | None = None):
         require_extraction(extraction, "Evaluation")
         self.extraction, self.n_train, self.n_test, self.seed = extraction, n_train, n_test, seed
         self.density, self.resize, self.convert = density, resize, convert
@@ -267,6 +274,7 @@ class Evaluation:
         self.id_sources: set[str] = set()   # set by run(): folders among them are split into train / test
         self.allow_overlap = allow_overlap  # identical images in two sets: counted in the notes instead of refused
         self.n_boot = n_boot                # bootstrap resamples behind each AUROC's interval (0: none)
+        self.bits = bits                    # folders' 16-bit files hold values of this many bits (None: 16)
         self._stats: dict = {}
         self._names: dict = {}              # (where, split) → a name for each image, for messages
 
@@ -291,30 +299,33 @@ class Evaluation:
         where, part = self.resolve(source, split)
         return load_images(where, part, size=self.model.image_size, channels=self.model.in_channels,
                            limit=self.n_train if split == "train" else self.n_test, seed=self.seed,
-                           resize_images=self.resize, convert=self.convert)
+                           resize_images=self.resize, convert=self.convert, bits=self.bits)
 
     def stats(self, source: str, split: str, readings=("path",)) -> dict[str, np.ndarray]:
-        """Statistics of one (dataset, split) for the given readings, merged (each reading cached on its own)."""
-        merged: dict[str, np.ndarray] = {}
+        """Statistics of one (dataset, split) for the given readings, merged (each reading cached on its own; the
+        readings not memoised yet are extracted in one call, so readings of one pass share its trajectories)."""
         where = self.resolve(source, split)
-        images = None  # decoded once, only if some reading is not memoised yet
+        missing = [r for r in dict.fromkeys(readings) if (where, split, r) not in self._stats]
+        if missing:  # decoded once, only if some reading is not memoised yet
+            images = self.images(source, split)
+            self._names[where, split] = item_names(images, where[0])
+            if self.extraction.progress and folder_summary(images):
+                print(folder_summary(images), file=sys.stderr)
+            got = self.extraction.statistics(
+                images, tuple(missing), desc=f"{dataset_title(source)} {split}: K={self.extraction.k} trajectories")
+            for reading in missing:
+                self._stats[where, split, reading] = got
+        merged: dict[str, np.ndarray] = {}
         for reading in readings:
-            key = (where, split, reading)
-            if key not in self._stats:
-                if images is None:
-                    images = self.images(source, split)
-                    self._names[where, split] = item_names(images, where[0])
-                    if self.extraction.progress and folder_summary(images):
-                        print(folder_summary(images), file=sys.stderr)
-                self._stats[key] = self.extraction.statistics(
-                    images, reading, desc=f"{dataset_title(source)} {split}: K={self.extraction.k} trajectories")
-            merged.update(self._stats[key])
+            merged.update(self._stats[where, split, reading])
         return merged
 
     def overlaps(self, id_name: str, oods: list[str], readings=("path",), labels: dict | None = None) -> list[str]:
-        """Identical images (by content, decoded at the model's size) shared by ID-train, ID-test and each OOD set
-        of one ID set: an :class:`InputError` naming them, or with ``allow_overlap`` one counted line per pair
-        of sets that share any (returned)."""
+        """Identical images (by content, decoded at the model's size) shared by ID-train and ID-test or an OOD set:
+        the overlaps that bias a number (an ID-train image scored by the density fitted on it, or fitted as ID
+        and scored as OOD). An :class:`InputError` naming them, or with ``allow_overlap`` one counted line per pair
+        of sets that share any (returned). Test sets sharing images with each other bias nothing and are not
+        compared."""
         sets = {"ID-train": (id_name, "train"), "ID-test": (id_name, "test"), **{o: (o, "test") for o in oods}}
         labels = labels or source_labels([*oods, *(self.resolve(s, split)[0] for s, split in sets.values())])
         content = {}
@@ -323,13 +334,14 @@ class Evaluation:
             name = f"{labels[where[0]]} ({role if role in ('ID-train', 'ID-test') else 'OOD'})"
             hashes = self.stats(source, split, readings)["image_hash"]
             content[name] = (hashes, self._names.get((where, split)), where)
-        found = find_overlaps(content)
+        train = next(iter(content))
+        found = find_overlaps(content, against=train)
         if found and not self.allow_overlap:
-            raise InputError("identical images in two sets of one evaluation (compared by content, decoded at "
-                             f"{self.model.image_size}×{self.model.image_size}):\n  " + "\n  ".join(found) +
-                             "\nAn ID-train image in ID-test is scored by the density fitted on it; an image in both ID "
-                             "and OOD counts for both. Remove the duplicates or point the sets elsewhere, or pass "
-                             "--allow-overlap (allow_overlap=True) to count them and go on.")
+            raise InputError("identical images in ID-train and a test set of one evaluation (compared by content, "
+                             f"decoded at {self.model.image_size}×{self.model.image_size}):\n  " + "\n  ".join(found) +
+                             "\nAn ID-train image in ID-test is scored by the density fitted on it; one in an OOD set was "
+                             "fitted as ID. Remove the duplicates or point the sets elsewhere, or pass --allow-overlap "
+                             "(allow_overlap=True) to count them and go on.")
         return [line.split(":")[0] + " (allowed by --allow-overlap)" for line in found]
 
     def fit_and_score(self, det, id_name: str, targets: list[str]) -> tuple[dict[str, np.ndarray], str]:
@@ -353,9 +365,13 @@ class Evaluation:
         self.id_sources |= {a for a, _ in pairs}
         labels = source_labels([s for pair in pairs for s in pair] + list(self.id_test.values()))
         result.labels = labels
+        cells: dict[str, list] = {}  # method → (its row, its pair) for each pair
+        result.test_sets = {s: "|".join(map(str, self.resolve(s, "test"))) for pair in pairs for s in pair}
         for id_name in dict.fromkeys(a for a, _ in pairs):
             oods = [b for a, b in pairs if a == id_name]
-            result.notes += self.overlaps(id_name, oods, _readings(methods[0], self.density), labels)
+            # every reading any method needs, extracted before the first fit: readings of one pass share it
+            readings = tuple(dict.fromkeys(r for method in methods for r in _readings(method, self.density)))
+            result.notes += self.overlaps(id_name, oods, readings, labels)
             for method in methods:
                 label, factory = (method, None) if isinstance(method, str) else method
                 det = make_method(label, density=self.density) if factory is None else factory()
@@ -368,15 +384,21 @@ class Evaluation:
                 for ood in oods:
                     s_id, s_ood = scores[id_name], scores[ood]
                     result.scores[(label, id_name, ood)] = (s_id, s_ood)
-                    low, high = (auroc_interval(s_id, s_ood, self.n_boot, result.seed(id_name, ood))
-                                 if self.n_boot else (np.nan, np.nan))
-                    result.rows.append({"id": labels[id_name], "ood": labels[ood], "method": label,
-                                        **{m: round(v, 4) for m, v in all_metrics(s_id, s_ood).items()},
-                                        "auroc_low": round(low, 4), "auroc_high": round(high, 4),
-                                        "n_boot": self.n_boot, "boot_seed": result.seed(id_name, ood),
-                                        "n_id_train": n_train, "n_id_test": len(s_id), "n_ood_test": len(s_ood),
-                                        "k": self.extraction.k, "detector": describe,
-                                        "density": self.density if factory is None else "custom",
-                                        "model": self.model.source.get("name", "model")})
+                    row = {"id": labels[id_name], "ood": labels[ood], "method": label,
+                           **{m: round(v, 4) for m, v in all_metrics(s_id, s_ood).items()},
+                           "auroc_low": np.nan, "auroc_high": np.nan,  # from the joint draws, below
+                           "n_boot": self.n_boot, "boot_seed": BOOT_SEED,
+                           "n_id_train": n_train, "n_id_test": len(s_id), "n_ood_test": len(s_ood),
+                           "k": self.extraction.k, "detector": describe,
+                           "density": self.density if factory is None else "custom",
+                           "model": self.model.source.get("name", "model")}
+                    result.rows.append(row)
+                    cells.setdefault(label, []).append((row, (id_name, ood)))
+        if self.n_boot:  # each cell's interval from the same joint draws as the means and comparisons
+            for method, made in cells.items():
+                samples = dict(zip(pairs, result.samples(method)))
+                for row, pair in made:
+                    low, high = interval(samples[pair])
+                    row["auroc_low"], row["auroc_high"] = round(low, 4), round(high, 4)
         result.seconds = time.perf_counter() - t0
         return result

@@ -10,7 +10,7 @@ from math import comb
 
 import numpy as np
 
-from .statistics import ERROR_MAPS, SSIM_PAIRS
+from .statistics import ERROR_MAPS, MAP_GROUPS, MAP_QUANTITIES, SSIM_PAIRS, map_index
 
 PF_READINGS, PF_ERRORS, PF_PAIRS = ("path", "fresh"), ERROR_MAPS, SSIM_PAIRS  # the paper form's switch values
 
@@ -190,3 +190,89 @@ def variant_features(stats: dict[str, np.ndarray], f: VariantFormulation = Varia
 def reconstruction_score(stats: dict[str, np.ndarray]) -> np.ndarray:
     """Baseline score with no density model: −mean_k ‖x0 − x̂0_k‖² (higher = better reconstructed = more ID)."""
     return -np.asarray(stats["rec_s2"]).mean(1)
+
+
+# ----------------------------------------------------------------------------- this project's spatial detector
+
+CELL_CHANNELS = {  # which per-pixel sums (statistics.MAP_QUANTITIES, both step groups) a cell keeps
+    "score error": ("score", "score_ssim", "ssim"),  # DiffPathV2's evidence: |r|, D|r| and D
+    "noise": ("eps", "deps"),                        # DiffPath's: |ε| and |KΔε|
+    "all": MAP_QUANTITIES,
+}
+CELL_TRANSFORMS = ("log1p", "sqrt")
+CELL_DENSITIES = ("gmm", "knn", "knn-any")
+
+
+@dataclass(frozen=True)
+class CellForm:
+    """Where the path departs, kept on a grid of cells: this project's spatial features (not a paper's).
+
+    - ``grid``: cells per side, 8 (the "cells" reading's own grid: 4 × 4 pixels at 32 × 32) or 4 (2 × 2 of them
+      averaged);
+    - ``channels``: which per-pixel sums each cell keeps, both step groups (:data:`CELL_CHANNELS`);
+    - ``transform``: "log1p" or "sqrt" of the (non-negative) cell means;
+    - ``density``: "gmm", whitened PCA of the whole grid to ``dims`` dimensions and the compact GMM; "knn", the
+      image's worst cell, by the distance of its vector to the nearest ID-train cell at the same position; or
+      "knn-any", to the nearest at any position (PatchCore's memory);
+    - ``with_global``: DiffPathV2-PS's per-step statistics beside the cells ("gmm" only).
+    """
+
+    grid: int = 8
+    channels: str = "all"
+    transform: str = "log1p"
+    density: str = "gmm"
+    dims: int = 32
+    with_global: bool = False
+
+    def __post_init__(self):
+        for name, allowed in (("grid", (4, 8)), ("channels", tuple(CELL_CHANNELS)), ("transform", CELL_TRANSFORMS),
+                              ("density", CELL_DENSITIES)):
+            _check_choice("CellForm", name, getattr(self, name), allowed)
+        if self.dims < 1:
+            raise ValueError(f"CellForm.dims must be at least 1, got {self.dims}")
+        if self.with_global and self.density != "gmm":
+            raise ValueError("global statistics go beside the cells in the GMM only (density='gmm')")
+
+    @property
+    def readings(self) -> tuple[str, ...]:
+        return ("path", "cells") if self.with_global else ("cells",)
+
+    @property
+    def n_channels(self) -> int:
+        return len(CELL_CHANNELS[self.channels]) * len(MAP_GROUPS)
+
+    def label(self) -> str:
+        how = {"gmm": f"PCA {self.dims} + GMM", "knn": "worst cell, nearest ID cell there",
+               "knn-any": "worst cell, nearest ID cell anywhere"}[self.density]
+        extra = ", + global path statistics" if self.with_global else ""
+        return f"{self.grid}×{self.grid} cells, {self.channels}, {self.transform}, {how}{extra}"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def cell_vectors(stats: dict[str, np.ndarray], form: CellForm) -> np.ndarray:
+    """Each image's cells as (N, grid², channels): the chosen sums, averaged over each cell, transformed."""
+    if "cell_sums" not in stats:
+        raise KeyError("statistics lack the cell sums this detector reads: extract them with the 'cells' reading "
+                       "(reading='cells'; it rides in the path pass, no extra network evaluation)")
+    sums = np.asarray(stats["cell_sums"], dtype=np.float64)  # (N, quantities × groups, 8, 8)
+    keep = [map_index(q, g) for g in MAP_GROUPS for q in CELL_CHANNELS[form.channels]]
+    x = sums[:, keep]
+    n, c, side, _ = x.shape
+    if form.grid != side:
+        f = side // form.grid
+        x = x.reshape(n, c, form.grid, f, form.grid, f).mean(axis=(3, 5))
+    x = np.log1p(np.maximum(x, 0.0)) if form.transform == "log1p" else np.sqrt(np.maximum(x, 0.0))
+    return x.reshape(n, c, -1).transpose(0, 2, 1)
+
+
+def cell_features(stats: dict[str, np.ndarray], form: CellForm) -> np.ndarray:
+    """The spatial detector's features (N, d): the cell vectors flattened (cell by cell), and with ``with_global``
+    DiffPathV2-PS's per-step statistics after them."""
+    x = cell_vectors(stats, form)
+    flat = x.reshape(len(x), -1)
+    if form.with_global:
+        flat = np.column_stack([flat, variant_features(stats, VariantFormulation("score", "off", 0.0, "per_step",
+                                                                                 "multi"))])
+    return flat

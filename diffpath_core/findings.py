@@ -8,8 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .datasets import dataset_title
-
-BASELINES = ("Reconstruction", "Border mean", "Pixel PCA")
+from .methods import BASELINES, VARIANTS
 
 
 def _read(path: Path):
@@ -70,6 +69,7 @@ def one_class_findings(results: Path, reference: Path) -> list[str]:
     """Sentences on the one-class protocol beside the published numbers."""
     summary = _read(results / "one_class_summary.csv")
     published = _read(reference / "one_class_published.csv")
+    compared = _read(results / "one_class_comparisons.csv")
     if summary is None:
         return []
     out = []
@@ -81,21 +81,70 @@ def one_class_findings(results: Path, reference: Path) -> list[str]:
                 f"{best['method']} {best['mean_auroc']:.3f} ({_interval(best['mean_low'], best['mean_high'])})")
         if len(pixel):
             p = pixel.iloc[0]
-            verdict = ("above" if best["mean_low"] > p["mean_high"] else "below" if best["mean_high"] < p["mean_low"]
-                       else "not separable from")
+            pair = None if compared is None else compared[
+                (compared["dataset"] == dataset) & (compared["base_model"] == base) & (compared["setting"] == setting)
+                & (compared["a"] == best["method"]) & (compared["b"] == "Pixel PCA")]
+            if pair is not None and len(pair):  # the paired comparison on the same test draws
+                c = pair.iloc[0]
+                verdict = "above" if c["low"] > 0 else "below" if c["high"] < 0 else "not told apart from"
+                paired = f", paired difference {c['difference']:+.3f} ({c['low']:+.3f} to {c['high']:+.3f})"
+            else:
+                verdict = ("above" if best["mean_low"] > p["mean_high"] else "below" if best["mean_high"] < p["mean_low"]
+                           else "not separable from")
+                paired = ""
             text += (f", {verdict} a density on raw pixels after PCA, "
-                     f"{p['mean_auroc']:.3f} ({_interval(p['mean_low'], p['mean_high'])})")
+                     f"{p['mean_auroc']:.3f} ({_interval(p['mean_low'], p['mean_high'])}){paired}")
         if published is not None:
             theirs = published[(published["dataset"] == dataset) & (published["trained_on"] == "normal class only")]
             if len(theirs):
-                text += (f"; published methods trained on the normal class report "
-                         f"{theirs['mean_auroc_percent'].min() / 100:.3f}–{theirs['mean_auroc_percent'].max() / 100:.3f}"
-                         " (their own protocols, full training classes)")
+                low, high = theirs["mean_auroc_percent"].min() / 100, theirs["mean_auroc_percent"].max() / 100
+                gap = best["mean_auroc"] - low
+                text += (f"; published methods trained on the normal class report {low:.3f}–{high:.3f} (their own "
+                         f"protocols, full training classes), {abs(gap):.3f} {'above' if gap > 0 else 'below'} the "
+                         f"lowest of them")
         out.append(text + ".")
     if out:
         out.append("No diffusion-trajectory method has published this protocol, so these rows have no published "
                    "counterpart of their own.")
     return out
+
+
+def whose(method: str) -> str:
+    """The group a method belongs to in the book's figures: the papers', this project's, or a baseline."""
+    return "this project's" if method in VARIANTS else "baselines" if method in BASELINES else "the papers' methods"
+
+
+def overview(results: str | Path):
+    """Every method's mean AUROC with its 95 % interval in every protocol this build ran, one row each (columns
+    protocol, method, group, mean, low, high, n): the main table's average over its pairs and each one-class
+    setting's mean over its ten tasks. ``None`` before the results notebooks have run."""
+    import pandas as pd
+
+    results = Path(results)
+    rows = []
+    auroc = _read(results / "main_table_auroc.csv")
+    intervals = _read(results / "main_table_auroc_interval.csv")
+    if auroc is not None and intervals is not None:
+        auroc, intervals = auroc.set_index(auroc.columns[0]), intervals.set_index(intervals.columns[0])
+        n_pairs = len(auroc.index) - 1
+        for method in auroc.columns:
+            low, high = (float(v) for v in intervals.loc["average", method].split("–"))
+            rows.append({"protocol": f"ID → OOD, mean of {n_pairs} pairs", "method": method, "group": whose(method),
+                         "mean": float(auroc.loc["average", method]), "low": low, "high": high, "n": n_pairs})
+    summary = _read(results / "one_class_summary.csv")
+    if summary is not None:
+        for (dataset, base, setting), frame in summary.groupby(["dataset", "base_model", "setting"], sort=False):
+            for r in frame.itertuples():
+                rows.append({"protocol": f"one class, {dataset_title(dataset)}, {setting}", "method": r.method,
+                             "group": whose(r.method), "mean": r.mean_auroc, "low": r.mean_low, "high": r.mean_high,
+                             "n": r.tasks})
+    if not rows:
+        return None
+    frame = pd.DataFrame(rows)
+    order = {g: i for i, g in enumerate(("the papers' methods", "this project's", "baselines"))}
+    methods = sorted(dict.fromkeys(frame["method"]), key=lambda m: order[whose(m)])  # stable within a group
+    frame["rank"] = frame["method"].map({m: i for i, m in enumerate(methods)})
+    return frame.sort_values(["rank"], kind="stable").drop(columns="rank").reset_index(drop=True)
 
 
 def findings(results: str | Path, reference: str | Path) -> str:

@@ -79,6 +79,20 @@ class MapForm:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class CellMap:
+    """The map of this project's spatial detector (:class:`api.SpatialPath`): each cell's distance to the nearest
+    ID-train cell at its position, on a ``grid`` × ``grid`` grid, upsampled bilinearly to the image."""
+
+    grid: int
+
+    def label(self) -> str:
+        return f"{self.grid}×{self.grid} cells' distance to the nearest ID-train cell there, upsampled"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
 @dataclass
 class MapReference:
     """Per-pixel mean (G, H, W) and covariance (G, G, H, W) of the map sums over a set of ID images."""

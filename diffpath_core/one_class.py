@@ -3,8 +3,10 @@
 One class is normal: the training images of that class (and no other) fit the density; the test set's
 images of that class are the normal test images and those of the other classes the anomalies. Ten tasks for
 a ten-class dataset, each with its AUROC (normal = positive, higher score = more normal) and a bootstrap
-interval; the mean over tasks with an interval from the same bootstrap (images resampled within each task,
-tasks fixed).
+interval; the mean over tasks with an interval from the same bootstrap. The ten tasks share their test images
+(an image is normal in one task and an anomaly in the nine others), so each bootstrap draw resamples the test
+set once, within each class, for every task and method (:func:`metrics.joint_bootstrap`); tasks are fixed.
+Training and test images are drawn stratified by class, so every class has images at any size.
 
 Every test image's trajectory is computed once and shared by the ten tasks, and the training images' once
 for all classes: the cost is one extraction of the training subset and one of the test subset per base model.
@@ -23,14 +25,15 @@ import numpy as np
 from .api import PixelPCA
 from .datasets import load_dataset
 from .datasets.offline import FASHION_MNIST_CLASSES
-from .evaluate import cached_scores, fitted_scores, make_method
+from .evaluate import METHOD_FACTORIES, cached_scores, fitted_scores, make_method
 from .extraction import Extraction, require_extraction
-from .metrics import BOOT_SEED, N_BOOT, auroc, auroc_interval, interval, mean_auroc_samples
+from .methods import METHODS as PAPERS
+from .methods import NO_MODEL, VARIANTS
+from .metrics import BOOT_SEED, N_BOOT, Side, auroc, interval, joint_bootstrap, paired_difference
 from .store import digest
 
-METHODS = ("DiffPath-1D", "DiffPath-6D", "DiffPathV2", "DiffPathV2-PS", "Pixel PCA", "Border mean")
-NO_MODEL = {"Pixel PCA": "no model: the normal class's pixels, PCA, density",  # the baselines, and what they read
-            "Border mean": "no model: the mean of the image border"}
+# the papers' methods, this project's, and the baselines that use no model (Reconstruction reads no class)
+METHODS = PAPERS + VARIANTS + tuple(NO_MODEL)
 CLASS_NAMES = {"fashion_mnist": FASHION_MNIST_CLASSES, "fashion_mnist_full": FASHION_MNIST_CLASSES,
                "mnist": tuple(str(d) for d in range(10)), "digits": tuple(str(d) for d in range(10)),
                "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")}
@@ -42,6 +45,19 @@ class OneClassResult:
     summary: list[dict] = field(default_factory=list)   # one per method: mean AUROC over the tasks
     scores: dict = field(default_factory=dict)          # (method, class) → (normal scores, anomaly scores)
     seconds: float = 0.0
+    tasks: dict = field(default_factory=dict)           # method → the (normal, anomaly) Sides of each task
+    strata: dict = field(default_factory=dict)          # the test set's key → its images' classes
+    n_boot: int = N_BOOT
+
+    def compare(self, a: str, b: str) -> dict:
+        """Method ``a`` against ``b`` over the same tasks and test images: the difference of their mean AUROC with
+        a paired interval (one joint draw of the test set, within each class, for both; the tasks fixed, as the
+        protocol defines them) and a verdict that names a winner only when the interval excludes zero."""
+        diff = paired_difference(self.tasks[a], self.tasks[b], self.n_boot, BOOT_SEED, resample_pairs=False,
+                                 strata=self.strata)
+        verdict = (f"{a} above {b}" if diff["low"] > 0 else f"{b} above {a}" if diff["high"] < 0
+                   else "no difference resolved")
+        return {"a": a, "b": b, **diff, "verdict": verdict}
 
 
 def one_class(extraction: Extraction, dataset: str, *, setting: str, n_train: int = 2000, n_test: int = 1000,
@@ -56,16 +72,19 @@ def one_class(extraction: Extraction, dataset: str, *, setting: str, n_train: in
     t0 = time.perf_counter()
     model = extraction.model
     size, channels = model.image_size, model.in_channels
-    train = load_dataset(dataset, "train", size=size, channels=channels, limit=n_train, seed=seed)
-    test = load_dataset(dataset, "test", size=size, channels=channels, limit=n_test, seed=seed)
+    train = load_dataset(dataset, "train", size=size, channels=channels, limit=n_train, seed=seed, stratify=True)
+    test = load_dataset(dataset, "test", size=size, channels=channels, limit=n_test, seed=seed, stratify=True)
     if train.labels is None or test.labels is None:
         raise ValueError(f"{dataset}: the one-class protocol needs class labels")
-    readings = ("path",)
+    # every reading a method needs, in one pass per image set (readings of one pass share its trajectories)
+    readings = tuple(dict.fromkeys(r for m in methods if m in METHOD_FACTORIES for r in make_method(m).readings))
     stats = {"train": extraction.statistics(train, readings, desc=f"{dataset} train: one-class"),
              "test": extraction.statistics(test, readings, desc=f"{dataset} test: one-class")}
     names = CLASS_NAMES.get(dataset, tuple(str(c) for c in np.unique(train.labels)))
     base = model.source.get("name", "model")
-    result = OneClassResult()
+    test_set = f"{dataset}|test|{len(test)}|seed {seed}"  # the key of its bootstrap draws
+    result = OneClassResult(strata={test_set: test.labels}, n_boot=n_boot)
+    tasks = result.tasks
     for c in np.unique(train.labels):
         normal_train = train.labels == c
         normal_test = test.labels == c
@@ -79,21 +98,24 @@ def one_class(extraction: Extraction, dataset: str, *, setting: str, n_train: in
                 scores, describe = fitted_scores(det, fit_on, {"test": stats["test"]}, extraction.cache_dir)
                 s = scores["test"]
             s_normal, s_anomaly = s[normal_test], s[~normal_test]
-            low, high = auroc_interval(s_normal, s_anomaly, n_boot, BOOT_SEED + int(c))
             result.scores[(method, int(c))] = (s_normal, s_anomaly)
+            tasks.setdefault(method, []).append((Side(test_set, s_normal, np.flatnonzero(normal_test)),
+                                                 Side(test_set, s_anomaly, np.flatnonzero(~normal_test))))
             result.rows.append({"dataset": dataset, "base_model": base, "setting": setting, "class": int(c),
                                 "class_name": names[int(c)] if int(c) < len(names) else str(c), "method": method,
-                                "auroc": auroc(s_normal, s_anomaly), "auroc_low": low, "auroc_high": high,
+                                "auroc": auroc(s_normal, s_anomaly), "auroc_low": np.nan, "auroc_high": np.nan,
                                 "n_train_normal": int(normal_train.sum()), "n_test_normal": len(s_normal),
                                 "n_test_anomalous": len(s_anomaly), "detector": describe, "density": density,
                                 "n_boot": n_boot, "seed": seed})
-    for method in methods:
-        tasks = [result.scores[(m, c)] for (m, c) in result.scores if m == method]
-        low, high = interval(mean_auroc_samples(tasks, n_boot, BOOT_SEED))
+    for method in methods:  # one joint draw of the test set per resample, for every task and method
+        samples = joint_bootstrap(tasks[method], n_boot, BOOT_SEED, result.strata)
+        for row, task_samples in zip([r for r in result.rows if r["method"] == method], samples):
+            row["auroc_low"], row["auroc_high"] = interval(task_samples)
+        low, high = interval(samples.mean(axis=0))
         result.summary.append({"dataset": dataset, "base_model": base, "setting": setting, "method": method,
-                               "mean_auroc": float(np.mean([auroc(*t) for t in tasks])), "mean_low": low,
-                               "mean_high": high, "tasks": len(tasks), "n_train": len(train), "n_test": len(test),
-                               "n_boot": n_boot, "seed": seed})
+                               "mean_auroc": float(np.mean([r["auroc"] for r in result.rows if r["method"] == method])),
+                               "mean_low": low, "mean_high": high, "tasks": len(samples), "n_train": len(train),
+                               "n_test": len(test), "n_boot": n_boot, "seed": seed})
     result.seconds = time.perf_counter() - t0
     return result
 

@@ -257,3 +257,34 @@ def defect_grid(rows: dict[str, tuple], title: str | None = None):
     if title:
         fig.suptitle(title)
     return fig
+
+
+GROUP_STYLE = {"the papers' methods": ("#1f77b4", "o"), "this project's": ("#d62728", "D"),
+               "baselines": ("#7f7f7f", "s")}
+
+
+def method_overview(frame, title: str):
+    """Mean AUROC with its 95 % interval per method (rows) and protocol (one panel each), coloured by whose method
+    it is. ``frame`` has columns protocol, method, group (a key of :data:`GROUP_STYLE`), mean, low, high."""
+    plt = _plt()
+    protocols = list(dict.fromkeys(frame["protocol"]))
+    methods = list(dict.fromkeys(frame["method"]))[::-1]  # the first method at the top
+    fig, axes = plt.subplots(1, len(protocols), figsize=(2.6 * len(protocols) + 1.6, 0.34 * len(methods) + 1.4),
+                             sharey=True, squeeze=False)
+    for ax, protocol in zip(axes[0], protocols):
+        rows = frame[frame["protocol"] == protocol]
+        for r in rows.itertuples():
+            colour, marker = GROUP_STYLE[r.group]
+            y = methods.index(r.method)
+            ax.errorbar(r.mean, y, xerr=[[r.mean - r.low], [r.high - r.mean]], fmt=marker, color=colour,
+                        ecolor=colour, capsize=2, markersize=5)
+        ax.set_title(protocol, fontsize=9)
+        ax.set_xlabel("mean AUROC (95 % interval)")
+        ax.grid(axis="x", alpha=0.3)
+        ax.axvline(0.5, color="#bbbbbb", linewidth=0.8, linestyle=":")
+    axes[0, 0].set_yticks(range(len(methods)), methods)
+    handles = [plt.Line2D([], [], color=c, marker=m, linestyle="", label=g) for g, (c, m) in GROUP_STYLE.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig

@@ -15,6 +15,7 @@ METHOD_SECTIONS = {
     "DiffPath-6D": "method-diffpath",
     "DiffPathV2": "method-diffpathv2",
     "DiffPathV2-PS": "method-variants",
+    "SpatialPath": "method-spatial",
     "Reconstruction": "method-baselines",
     "Border mean": "method-baselines",
 }

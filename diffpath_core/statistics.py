@@ -24,11 +24,14 @@ import torch
 from .trajectory import NoisedEstimates, Step, Trajectory, inversion_steps, noised_steps
 
 STATS_VERSION = "pathstats-v4"  # bump when PathStatistics changes: old cache entries then miss
-READINGS = ("path", "fresh", "maps", "mapref")  # what one extraction can produce (see PASSES)
+READINGS = ("path", "fresh", "maps", "mapref", "cells")  # what one extraction can produce (see PASSES)
 # "path": statistics of the DDIM inversion (every method); "fresh": of forward-noised copies (DiffPathV2's other
 # reading of "true noise"); "maps": per-pixel sums for anomaly maps; "mapref": their moments over a set (the
-# reference a map is normalised by). Readings of one pass share its network evaluations.
-PASSES = {"path": "path", "maps": "path", "mapref": "path", "fresh": "fresh"}
+# reference a map is normalised by); "cells": the per-pixel sums averaged over a grid of cells (where on the image
+# the path departs, compactly, for this project's spatial detector). Readings of one pass share its network
+# evaluations.
+PASSES = {"path": "path", "maps": "path", "mapref": "path", "cells": "path", "fresh": "fresh"}
+CELL_GRID = 8  # the "cells" reading's grid: 8 × 8 cells whatever the image size (4 × 4 pixels at 32 × 32)
 TOTALS = ("mapref",)  # readings whose rows are sums over a batch, not one row per image
 ERROR_MAPS = ("score", "eps")   # the score error r_k, or the raw ε_k (an ablation)
 SSIM_PAIRS = ("image", "noise")  # D from SSIM(x0, x̂0_k), or from SSIM(ε̃_k, ε_k)
@@ -294,7 +297,7 @@ def batch_readings(model, x: torch.Tensor, readings, k: int = 10, clip: bool = T
             for step in inversion_steps(model, x, k, clip, precision, network):
                 if stats is None and "path" in readings:
                     stats = PathStatistics(model.schedule(k), x.to(step.x.device), "path")
-                if maps is None and ("maps" in readings or "mapref" in readings):
+                if maps is None and any(r in readings for r in ("maps", "mapref", "cells")):
                     maps = MapSums(model.schedule(k), x.to(step.x.device))
                 shared = stats.add(step) if stats is not None else None
                 if maps is not None:
@@ -302,7 +305,7 @@ def batch_readings(model, x: torch.Tensor, readings, k: int = 10, clip: bool = T
             if stats is not None:
                 out["path"] = stats.result()
             if maps is not None:
-                out.update({r: maps.result(r) for r in ("maps", "mapref") if r in readings})
+                out.update({r: maps.result(r) for r in ("maps", "mapref", "cells") if r in readings})
         if "fresh" in readings:
             acc = None
             for step in noised_steps(model, x, k, clip, precision, network, noise_seed):
@@ -337,7 +340,8 @@ class MapSums:
     for the early and late steps: (B, 12, H, W). Folded in step by step like :class:`PathStatistics`, from the same
     maps when both run. ``result("maps")`` gives the sums of each image (float16: maps need three digits);
     ``result("mapref")`` their count, sum and sum of outer products over the batch (float64), from which a set's
-    per-pixel mean and covariance follow (:mod:`diffpath_core.maps`).
+    per-pixel mean and covariance follow (:mod:`diffpath_core.maps`); ``result("cells")`` each image's sums
+    averaged over :data:`CELL_GRID` × :data:`CELL_GRID` cells, (B, 12, g, g) float32 (``cell_sums``).
     """
 
     def __init__(self, schedule, x0: torch.Tensor):
@@ -369,6 +373,8 @@ class MapSums:
     def result(self, reading: str) -> dict[str, torch.Tensor]:
         if reading == "maps":
             return {"map_sums": self.sums.half()}
+        if reading == "cells":
+            return {"cell_sums": torch.nn.functional.adaptive_avg_pool2d(self.sums, CELL_GRID)}
         a = self.sums.double()
         return {"map_n": torch.tensor([a.shape[0]], dtype=torch.float64, device=a.device),
                 "map_s1": a.sum(0, keepdim=True),

@@ -8,7 +8,9 @@ Protocol (ID training images only):
    shift) and **mosaics** (each the four quadrants of four different validation images: every part is ID, the
    whole is not). With the held-out classes that is six kinds, two of them semantic.
 3. Every candidate is fitted on the fit part; its score is the mean over kinds of the AUROC of ID-validation
-   against that kind, with a stratified bootstrap over the validation images (:mod:`metrics`).
+   against that kind, with a joint stratified bootstrap (:func:`metrics.joint_bootstrap`): each draw resamples
+   the validation images once for every kind (a corruption of validation image i goes with image i), the
+   mosaics and the held-out-class images once each, and the same draws serve every candidate.
 4. **Tie band.** A candidate is tied with the best one when the paired bootstrap interval (95 %, the same
    resampled images for both) of the best's lead contains zero. DiffPathV2's default is the *simplest* tied
    candidate, in the order :data:`SIMPLICITY` fixes in advance; it is never chosen on a difference inside
@@ -25,11 +27,12 @@ import itertools
 import numpy as np
 import torch
 
-from .api import DiffPathV2, DiffPathV2Variant
+from .api import DEFAULT_PS, DEFAULT_V2, DiffPathV2, DiffPathV2Variant, SpatialPath
 from .datasets import ImageSet
 from .extraction import Extraction, require_extraction
-from .features import PF_PAIRS, PF_READINGS, PaperForm, VariantFormulation
-from .metrics import BOOT_SEED, LEVEL, auroc, interval, mean_auroc_samples
+from .features import PF_PAIRS, PF_READINGS, CellForm, PaperForm, VariantFormulation
+from .statistics import READINGS
+from .metrics import BOOT_SEED, LEVEL, Side, auroc, interval, mean_auroc_samples
 
 CORRUPTIONS = ("noise", "blur", "contrast", "rotation")   # covariate shift
 SEMANTIC = ("held-out classes", "mosaic")                  # what the images show, not how they were taken
@@ -37,6 +40,9 @@ OUTLIER_KINDS = CORRUPTIONS + SEMANTIC
 LAMBDAS = (0.5, 1.0, 2.0, 4.0, 8.0)
 HELD_OUT_SHARE = 0.2
 N_BOOT_SELECT = 1000
+# Outlier kinds made image by image from the validation images are resampled with them (one draw of the validation
+# set serves both sides); mosaics (four images each) and the held-out classes are sets of their own.
+VALIDATION_DRAWS = {kind: "validation" for kind in CORRUPTIONS}
 
 # Simplicity, fixed before any run: one network pass per step before two (the path's own noise before fresh
 # noise); the SSIM of the images the published description names (x0 and its estimate) before that of the
@@ -155,16 +161,17 @@ def tie_band_choice(scores: dict, eligible, simplicity_key, n_boot: int = N_BOOT
                     level: float = LEVEL) -> tuple[object, dict]:
     """The simplest candidate tied with the best, and each candidate's standing.
 
-    ``scores`` maps each candidate to its list of (ID-validation scores, outlier scores) per kind (the same
-    images for every candidate). The best is the eligible candidate with the highest mean AUROC; another is tied
-    when the paired bootstrap interval of the best's lead contains zero. Returns (chosen, {candidate: {"mean",
-    "mean_low", "mean_high", "lead", "lead_low", "lead_high", "tied"}}).
+    ``scores`` maps each candidate to its list of (ID-validation, outlier) :class:`metrics.Side` pairs, one per
+    kind (the same images for every candidate: each set is resampled once per draw, for every kind and
+    candidate). The best is the eligible candidate with the highest mean AUROC; another is tied when the paired
+    bootstrap interval of the best's lead contains zero. Returns (chosen, {candidate: {"mean", "mean_low",
+    "mean_high", "lead", "lead_low", "lead_high", "tied"}}).
     """
     eligible = [c for c in scores if c in set(eligible)]
     if not eligible:
         raise ValueError("no eligible candidate to choose from")
-    samples = {c: mean_auroc_samples(pairs, n_boot, seed) for c, pairs in scores.items()}
-    means = {c: float(np.mean([auroc(*p) for p in pairs])) for c, pairs in scores.items()}
+    samples = {c: mean_auroc_samples(tasks, n_boot, seed) for c, tasks in scores.items()}
+    means = {c: float(np.mean([auroc(pos.scores, neg.scores) for pos, neg in tasks])) for c, tasks in scores.items()}
     best = max(eligible, key=lambda c: means[c])
     standing = {}
     for c in scores:
@@ -178,17 +185,11 @@ def tie_band_choice(scores: dict, eligible, simplicity_key, n_boot: int = N_BOOT
     return chosen, standing
 
 
-def select_formulation(extraction: Extraction, train: ImageSet, *, val_fraction: float = 0.3, seed: int = 0,
-                       candidates=None, density: str = "compact", n_boot: int = N_BOOT_SELECT) -> list[dict]:
-    """Rank candidates on the validation protocol (module docstring) and mark DiffPathV2's default.
-
-    ``candidates`` mixes :class:`PaperForm` and :class:`VariantFormulation`; default: DiffPathV2's candidates,
-    the SSIM-off ablations and the variant family. Returns one row per candidate, best mean AUROC first; the
-    row with ``chosen`` True is DiffPathV2's default (:func:`best_paper_form`).
-    """
-    require_extraction(extraction, "select_formulation")
-    candidates = list(candidates or paper_form_candidates() + ablation_forms() + candidate_formulations())
-    readings = sorted({r for c in candidates for r in c.readings}, key=PF_READINGS.index)
+def validation_data(extraction: Extraction, train: ImageSet, readings, *, seed: int = 0,
+                    val_fraction: float = 0.3) -> tuple[dict, dict, dict]:
+    """The protocol's data (module docstring): the split, the statistics of its parts ("fit", "val", "held_out")
+    and of each outlier kind made from the validation images ({kind: statistics}), for ``readings``."""
+    readings = sorted(set(readings), key=READINGS.index)
     split = validation_split(len(train), train.labels, seed, val_fraction)
 
     def made(tag, images):  # identity: the train set's, the split (fixed by seed and sizes) and what was made
@@ -204,31 +205,127 @@ def select_formulation(extraction: Extraction, train: ImageSet, *, val_fraction:
                 for kind in CORRUPTIONS + ("mosaic",)}
     if len(split["held_out"]):
         outliers["held-out classes"] = part["held_out"]
-    scores, rows, detectors = {}, {}, {}
+    return split, part, outliers
+
+
+def detector_for(candidate, density: str = "compact"):
+    """The detector of a candidate form: DiffPathV2's (:class:`PaperForm`), a variant's or SpatialPath's."""
+    if isinstance(candidate, PaperForm):
+        return DiffPathV2(form=candidate, density=density)
+    if isinstance(candidate, CellForm):
+        return SpatialPath(form=candidate, density=density)
+    return DiffPathV2Variant(formulation=candidate, density=density)
+
+
+def _ranked(candidates, detector_of, part: dict, outliers: dict, eligible, simplicity_key, n_boot: int, seed: int):
+    """Fit every candidate's detector on the fit part, score the validation images and each outlier kind, and
+    apply the tie band: (chosen, standing, {candidate: per-kind tasks}, {candidate: density described})."""
+    scores, detectors = {}, {}
     for c in candidates:
-        det = (DiffPathV2(form=c, density=density) if isinstance(c, PaperForm)
-               else DiffPathV2Variant(formulation=c, density=density))
+        det = detector_of(c)
         det.fit_statistics(part["fit"])
         s_val = det.score_statistics(part["val"])
-        scores[c] = [(s_val, det.score_statistics(o)) for o in outliers.values()]
+        scores[c] = [(Side("validation", s_val), Side(VALIDATION_DRAWS.get(kind, kind), det.score_statistics(o)))
+                     for kind, o in outliers.items()]
         detectors[c] = det.detector_.describe()
+    chosen, standing = tie_band_choice(scores, eligible, simplicity_key, n_boot, seed)
+    return chosen, standing, scores, detectors
+
+
+def _row(c, family: str, rank: str, standing: dict, tasks, kinds, chosen, detector: str, split: dict, **extra) -> dict:
+    """One row of a selection table."""
+    return {"family": family, "label": c.label(), "switches": repr(c.as_dict()), "simplicity": rank,
+            "mean_auroc": standing["mean"], "mean_low": standing["mean_low"], "mean_high": standing["mean_high"],
+            **{f"auroc_{kind}": auroc(pos.scores, neg.scores) for kind, (pos, neg) in zip(kinds, tasks)},
+            "lead_of_best": standing["lead"], "lead_low": standing["lead_low"], "lead_high": standing["lead_high"],
+            "tied_with_best": standing["tied"], "chosen": c == chosen, "detector": detector, **extra,
+            "n_fit": len(split["fit"]), "n_val": len(split["val"]), "n_held_out": len(split["held_out"]),
+            "held_out_classes": " ".join(map(str, split["held_out_classes"]))}
+
+
+def select_formulation(extraction: Extraction, train: ImageSet, *, val_fraction: float = 0.3, seed: int = 0,
+                       candidates=None, density: str = "compact", n_boot: int = N_BOOT_SELECT) -> list[dict]:
+    """Rank candidates on the validation protocol (module docstring) and mark DiffPathV2's default.
+
+    ``candidates`` mixes :class:`PaperForm` and :class:`VariantFormulation`; default: DiffPathV2's candidates,
+    the SSIM-off ablations and the variant family. Returns one row per candidate, best mean AUROC first; the
+    row with ``chosen`` True is DiffPathV2's default (:func:`best_paper_form`).
+    """
+    require_extraction(extraction, "select_formulation")
+    candidates = list(candidates or paper_form_candidates() + ablation_forms() + candidate_formulations())
+    split, part, outliers = validation_data(extraction, train, {r for c in candidates for r in c.readings},
+                                            seed=seed, val_fraction=val_fraction)
     eligible = [c for c in candidates if isinstance(c, PaperForm) and c.weight != "none"]
-    chosen, standing = tie_band_choice(scores, eligible, simplicity, n_boot, seed)
+    chosen, standing, scores, detectors = _ranked(candidates, lambda c: detector_for(c, density), part, outliers,
+                                                  eligible, simplicity, n_boot, seed)
+    rows = []
     for c in candidates:
         family = ("paper form" if c in eligible else "paper form, SSIM off (ablation)"
                   if isinstance(c, PaperForm) else "variant")
-        rows[c] = {"family": family, "label": c.label(), "switches": repr(c.as_dict()),
-                   "simplicity": (str(simplicity(c)) if c in eligible else ""),
-                   "mean_auroc": standing[c]["mean"], "mean_low": standing[c]["mean_low"],
-                   "mean_high": standing[c]["mean_high"],
-                   **{f"auroc_{kind}": auroc(*pair) for kind, pair in zip(outliers, scores[c])},
-                   "lead_of_best": standing[c]["lead"], "lead_low": standing[c]["lead_low"],
-                   "lead_high": standing[c]["lead_high"], "tied_with_best": standing[c]["tied"],
-                   "chosen": c == chosen, "detector": detectors[c], "density": density,
-                   "n_fit": len(split["fit"]), "n_val": len(split["val"]), "n_held_out": len(split["held_out"]),
-                   "held_out_classes": " ".join(map(str, split["held_out_classes"])), "seed": seed,
-                   "n_boot": n_boot}
-    return sorted(rows.values(), key=lambda r: -r["mean_auroc"])
+        rows.append(_row(c, family, str(simplicity(c)) if c in eligible else "", standing[c], scores[c], outliers,
+                         chosen, detectors[c], split, density=density, seed=seed, n_boot=n_boot))
+    return sorted(rows, key=lambda r: -r["mean_auroc"])
+
+
+# ----------------------------------------------------------------------------- this project's spatial detector
+
+# Simplicity of a spatial form, fixed before any run, in this order of precedence: the cells alone before global
+# statistics beside them; the density every other method uses (GMM) before a memory of cells, and a memory at the
+# cell's own position before one at any position; fewer cells (4 × 4) before more; the sums DiffPathV2 reads
+# (score error and SSIM) before DiffPath's (ε, Δε) before all of them; fewer PCA dimensions; log before square root.
+SPATIAL_SIMPLICITY = {"with_global": (False, True), "density": ("gmm", "knn", "knn-any"), "grid": (4, 8),
+                      "channels": ("score error", "noise", "all"), "dims": (16, 32), "transform": ("log1p", "sqrt")}
+
+
+def spatial_simplicity(form: CellForm) -> tuple:
+    """A spatial form's place in :data:`SPATIAL_SIMPLICITY` (smaller is simpler)."""
+    return tuple(values.index(getattr(form, name)) if getattr(form, name) in values else len(values)
+                 for name, values in SPATIAL_SIMPLICITY.items())
+
+
+def spatial_candidates() -> list[CellForm]:
+    """The spatial detector's candidates, fixed before any run: for each grid (4, 8), sums (score error, noise,
+    all) and transform (log1p, sqrt), the GMM with 16 or 32 PCA dimensions, with and without the global path
+    statistics, and the two memories of cells."""
+    out = []
+    for grid, channels, transform in itertools.product(SPATIAL_SIMPLICITY["grid"], SPATIAL_SIMPLICITY["channels"],
+                                                       SPATIAL_SIMPLICITY["transform"]):
+        out += [CellForm(grid, channels, transform, "gmm", dims, with_global)
+                for dims in SPATIAL_SIMPLICITY["dims"] for with_global in (False, True)]
+        out += [CellForm(grid, channels, transform, density) for density in ("knn", "knn-any")]
+    return out
+
+
+def select_spatial_form(extraction: Extraction, train: ImageSet, *, val_fraction: float = 0.3, seed: int = 0,
+                        candidates=None, density: str = "compact", n_boot: int = N_BOOT_SELECT) -> list[dict]:
+    """Rank the spatial detector's candidates on the validation protocol (the same split, outliers, bootstrap and
+    tie band as DiffPathV2's, :func:`select_formulation`) and mark its default: the simplest candidate tied with
+    the best (:data:`SPATIAL_SIMPLICITY`). DiffPathV2 and DiffPathV2-PS at their defaults are ranked beside them
+    as references, never chosen. Rows best first; the chosen row's switches are :data:`api.DEFAULT_CELLS`."""
+    require_extraction(extraction, "select_spatial_form")
+    candidates = list(candidates or spatial_candidates())
+    references = [DEFAULT_V2, DEFAULT_PS]
+    everything = candidates + references
+    split, part, outliers = validation_data(extraction, train, {r for c in everything for r in c.readings},
+                                            seed=seed, val_fraction=val_fraction)
+
+    chosen, standing, scores, detectors = _ranked(everything, lambda c: detector_for(c, density), part, outliers,
+                                                  candidates, spatial_simplicity, n_boot, seed)
+    names = {DEFAULT_V2: "reference: DiffPathV2", DEFAULT_PS: "reference: DiffPathV2-PS"}
+    rows = [_row(c, names.get(c, "spatial"), str(spatial_simplicity(c)) if c in candidates else "", standing[c],
+                 scores[c], outliers, chosen, detectors[c], split, density=density, seed=seed, n_boot=n_boot)
+            for c in everything]
+    return sorted(rows, key=lambda r: -r["mean_auroc"])
+
+
+def chosen_cell_form(rows: list[dict]) -> CellForm:
+    """The spatial detector's default from its selection table (rows or CSV dicts): the row marked chosen."""
+    import ast
+
+    chosen = [r for r in rows if str(r["chosen"]) == "True"]
+    if len(chosen) != 1:
+        raise ValueError(f"a selection table marks exactly one chosen row, this one {len(chosen)}")
+    return CellForm(**ast.literal_eval(chosen[0]["switches"]))
 
 
 def best_paper_form(rows: list[dict]) -> PaperForm:
@@ -260,7 +357,9 @@ def select_map_forms(extraction: Extraction, train: ImageSet, *, seed: int = 0, 
     rotated regions). A form's score is its pixel AUROC averaged over the kinds, each kind's pixels pooled with
     those of the clean validation images. Within each family the default is the simplest form (the order of
     :func:`maps.map_candidates`) whose gap to the family's best is inside the 95 % paired bootstrap interval over
-    validation images (forms more than ``prefilter`` behind the best are not resampled: they are not tied).
+    validation images (forms more than ``prefilter`` behind the best are not resampled: they are not tied). Each
+    bootstrap draw resamples the validation images once, for every kind and form: a defective image and the clean
+    image it was made from are drawn together.
     """
     from .datasets.defects import make_defects
     from .maps import MapReference, anomaly_maps, map_candidates
@@ -298,10 +397,12 @@ def select_map_forms(extraction: Extraction, train: ImageSet, *, seed: int = 0, 
             scores[form] = pooled
         means = {f: float(np.mean(list(per_kind[f].values()))) for f in forms}
         best = max(forms, key=means.get)
-        samples = {}
+        samples = {}  # one draw of the validation images per resample, for every kind and form
+        units = np.r_[np.arange(len(val_idx)), np.arange(len(val_idx))]  # a defective image goes with its clean one
         for form in [f for f in forms if means[best] - means[f] <= prefilter]:
-            samples[form] = np.mean([pixel_auroc_samples(*scores[form][kind], n_boot, seed + i)
-                                     for i, kind in enumerate(VALIDATION_DEFECTS)], axis=0)
+            samples[form] = np.mean([pixel_auroc_samples(*scores[form][kind], n_boot, seed, units=units,
+                                                         set_key="validation images")
+                                     for kind in VALIDATION_DEFECTS], axis=0)
         tied = {f for f in samples if interval(samples[best] - samples[f])[0] <= 0.0}
         chosen = min(tied, key=forms.index)
         for form in forms:

@@ -87,13 +87,17 @@ def test_notebooks_write_tables_and_figures(built):
 
 def test_every_auroc_in_the_tables_is_the_scores_auroc_with_its_interval(built):
     """Each row of main_results.csv recomputed by scikit-learn from the scores the run wrote (main_scores.npz), its
-    interval around it; and a fact of the data that a swapped ID/OOD or a sign error would break: the border
-    mean tells MNIST (black frame) from Fashion-MNIST even with 40 test images."""
+    interval and the paired comparisons recomputed from the same scores by the joint bootstrap (each test set
+    drawn once per resample, for every pair and method); and a fact of the data that a swapped ID/OOD or a sign
+    error would break: the border mean tells MNIST (black frame) from Fashion-MNIST even with 40 test images."""
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
+    from diffpath_core.metrics import Side, interval, joint_bootstrap, paired_difference
+
     _, results = built
     rows = list(csv.DictReader(open(results / "main_results.csv")))
+    tasks = {}
     with np.load(results / "main_scores.npz") as scores:
         for r in rows:
             key = f"{r['method']}|{r['id']}|{r['ood']}"
@@ -101,14 +105,20 @@ def test_every_auroc_in_the_tables_is_the_scores_auroc_with_its_interval(built):
             assert (len(s_id), len(s_ood)) == (int(r["n_id_test"]), int(r["n_ood_test"])), key
             expected = roc_auc_score(np.r_[np.ones(len(s_id)), np.zeros(len(s_ood))], np.r_[s_id, s_ood])
             assert float(r["auroc"]) == pytest.approx(expected, abs=6e-5), key  # the CSV rounds to 4 decimals
-            assert float(r["auroc_low"]) <= float(r["auroc"]) <= float(r["auroc_high"]), key
+            task = (Side(f"{r['id']}|test", s_id), Side(f"{r['ood']}|test", s_ood))
+            tasks.setdefault(r["method"], []).append(task)
+            low, high = interval(joint_bootstrap([task], int(r["n_boot"]), int(r["boot_seed"]))[0])
+            assert (float(r["auroc_low"]), float(r["auroc_high"])) == pytest.approx((low, high), abs=6e-5), key
             assert r["n_boot"] == "2000", key
     border = next(r for r in rows if (r["method"], r["id"], r["ood"]) == ("Border mean", "fashion_mnist", "mnist"))
     assert float(border["auroc"]) > 0.9
-    for r in csv.DictReader(open(results / "one_class_tasks.csv")):
-        assert float(r["auroc_low"]) <= float(r["auroc"]) <= float(r["auroc_high"])
     compared = list(csv.DictReader(open(results / "main_comparisons.csv")))
-    assert compared and all(float(c["low"]) <= float(c["difference"]) <= float(c["high"]) for c in compared)
+    assert compared
+    for c in compared:
+        again = paired_difference(tasks[c["a"]], tasks[c["b"]], n_boot=int(c["n_boot"]))
+        assert (float(c["low"]), float(c["high"])) == pytest.approx((again["low"], again["high"]), abs=1e-9)
+    for r in csv.DictReader(open(results / "one_class_tasks.csv")):
+        assert 0 <= float(r["auroc_low"]) <= float(r["auroc_high"]) <= 1
 
 
 def test_intro_opens_with_findings_read_from_the_tables(built):

@@ -30,3 +30,26 @@ def test_findings_follow_the_tables(tmp_path):
     empty = tmp_path / "nothing"
     empty.mkdir()
     assert "No results yet" in findings(empty, empty)
+
+
+def test_one_class_verdicts_rest_on_the_paired_comparison(tmp_path):
+    """The best trajectory method against Pixel PCA: "above" only when the paired interval excludes zero, even
+    where the two methods' own intervals overlap; the gap to the published methods trained on the normal class."""
+    _write(tmp_path / "one_class_summary.csv", ["dataset", "base_model", "setting", "method", "mean_auroc",
+                                                "mean_low", "mean_high", "tasks"],
+           [["mnist", "m", "zero-shot", "SpatialPath", 0.86, 0.83, 0.89, 10],
+            ["mnist", "m", "zero-shot", "DiffPathV2", 0.70, 0.67, 0.73, 10],
+            ["mnist", "m", "zero-shot", "Pixel PCA", 0.83, 0.80, 0.86, 10]])
+    _write(tmp_path / "one_class_comparisons.csv", ["dataset", "base_model", "setting", "a", "b", "difference", "low",
+                                                    "high"],
+           [["mnist", "m", "zero-shot", "SpatialPath", "Pixel PCA", 0.03, 0.01, 0.05]])
+    _write(tmp_path / "one_class_published.csv", ["dataset", "method", "trained_on", "mean_auroc_percent"],
+           [["mnist", "X", "normal class only", 95.0], ["mnist", "Y", "normal class only", 98.0]])
+    text = findings(tmp_path, tmp_path)
+    assert "best trajectory method SpatialPath 0.860 (0.830–0.890), above a density on raw pixels" in text
+    assert "paired difference +0.030 (+0.010 to +0.050)" in text
+    assert "0.950–0.980" in text and "0.090 below the lowest of them" in text
+    _write(tmp_path / "one_class_comparisons.csv", ["dataset", "base_model", "setting", "a", "b", "difference", "low",
+                                                    "high"],
+           [["mnist", "m", "zero-shot", "SpatialPath", "Pixel PCA", 0.03, -0.01, 0.07]])
+    assert "not told apart from a density on raw pixels" in findings(tmp_path, tmp_path)

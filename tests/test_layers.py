@@ -12,7 +12,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "diffpath_core"
 
 FLOORS = {  # the lowest floor first; a module may import its own floor (without a circle) or any floor below
-    "foundations": ("errors", "store", "progress", "runtime"),
+    "foundations": ("errors", "store", "progress", "runtime", "methods"),
     "data and models": ("datasets", "datasets.images", "datasets.folders", "datasets.registry", "datasets.offline",
                         "datasets.paper", "datasets.downloads", "datasets.defects", "schedule", "improved_diffusion",
                         "models"),

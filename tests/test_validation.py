@@ -8,6 +8,7 @@ import torch
 
 from diffpath_core import DEFAULT_V2, DiffPathV2, Extraction, PaperForm, VariantFormulation, auroc
 from diffpath_core.datasets import ImageSet
+from diffpath_core.metrics import Side
 from diffpath_core.validation import (SIMPLICITY, best_paper_form, mosaics, paper_form_candidates,
                                       select_formulation, simplicity, synthetic_outliers, tie_band_choice,
                                       validation_split)
@@ -43,27 +44,37 @@ def test_mosaics_are_made_of_four_other_images():
     assert torch.equal(synthetic_outliers(images, "mosaic", seed=1), out)
 
 
+def _sides(val, kinds):
+    """(ID-validation, outlier) sides of each kind: the validation set shared, each kind a set of its own."""
+    return [(Side("validation", val), Side(f"kind {i}", k)) for i, k in enumerate(kinds)]
+
+
 def test_tie_band_picks_the_simpler_candidate_on_a_planted_tie():
-    """B's mean is a hair above A's (a difference far inside the noise): the simpler A is chosen. When B's lead is
-    real, B is chosen. Ineligible candidates (an ablation) are ranked but never chosen."""
+    """B is A plus jitter (a difference far inside the noise): the simpler A is chosen. B scoring every validation
+    image 0.06 above A is a lead of about 0.015 AUROC on every kind, inside each candidate's own interval but
+    certain when both are resampled together: B is chosen (an unpaired band would call it a tie). Ineligible
+    candidates (an ablation) are ranked but never chosen."""
     rng = np.random.default_rng(0)
     val = rng.normal(1.0, 1.0, 300)
     kinds = [rng.normal(0.0, 1.0, 300) for _ in range(3)]
     noise = [rng.normal(0, 0.02, 300) for _ in range(4)]
-    a = [(val, k) for k in kinds]
-    b = [(val + noise[0], k + n) for k, n in zip(kinds, noise[1:])]  # B is A plus jitter: a tie
-    better = [(val + 0.5, k) for k in kinds]                          # a clear lead
-    ablation = [(val + 2.0, k) for k in kinds]                        # best of all, but not eligible
-    rank = {"A": 0, "B": 1, "better": 2, "ablation": -1}
-    assert np.mean([auroc(*p) for p in b]) != np.mean([auroc(*p) for p in a])
+    a = _sides(val, kinds)
+    b = _sides(val + noise[0], [k + n for k, n in zip(kinds, noise[1:])])  # B is A plus jitter: a tie
+    ablation = _sides(val + 2.0, kinds)                                  # best of all, but not eligible
+    rank = {"A": 0, "B": 1, "ablation": -1}
+    mean = lambda tasks: np.mean([auroc(p.scores, n.scores) for p, n in tasks])  # noqa: E731
+    assert mean(b) != mean(a)
     scores = {"A": a, "B": b, "ablation": ablation}
-    if np.mean([auroc(*p) for p in b]) < np.mean([auroc(*p) for p in a]):  # make B the (noisy) best
+    if mean(b) < mean(a):  # make B the (noisy) best
         scores = {"A": b, "B": a, "ablation": ablation}
     chosen, standing = tie_band_choice(scores, ["A", "B"], rank.get, n_boot=500)
     assert standing["B"]["lead"] == 0.0 and standing["A"]["lead"] > 0 and standing["A"]["tied"]
     assert chosen == "A"
-    chosen, standing = tie_band_choice({"A": a, "better": better}, ["A", "better"], rank.get, n_boot=500)
-    assert chosen == "better" and not standing["A"]["tied"] and standing["A"]["lead_low"] > 0
+    slightly = _sides(val + 0.06, kinds)
+    chosen, standing = tie_band_choice({"A": a, "B": slightly}, ["A", "B"], rank.get, n_boot=500)
+    own = standing["A"]["mean_high"] - standing["A"]["mean_low"]
+    assert 0.005 < standing["A"]["lead"] < own / 2, "a lead well inside A's own interval"
+    assert chosen == "B" and not standing["A"]["tied"] and standing["A"]["lead_low"] > 0
 
 
 def test_simplicity_order_is_the_stated_one():
@@ -116,3 +127,40 @@ def test_default_is_the_validation_protocols_choice():
     assert len([r for r in rows if r["family"] == "paper form"]) == len(paper_form_candidates())
     assert {"auroc_held-out classes", "auroc_mosaic", "lead_low", "tied_with_best"} <= set(rows[0])
     assert best_paper_form(rows) == DEFAULT_V2
+
+
+def test_select_map_forms_chooses_the_simplest_tied_form_and_its_numbers_recompute(tiny_model, tmp_path):
+    """The maps' protocol on a toy set: every form of every family ranked, one default per eligible family (none
+    for the SSIM-off ablation), each the simplest form tied with its family's best; the chosen DiffPathV2 row's
+    pixel AUROCs equal a recomputation from the same split, defects and reference."""
+    from diffpath_core.datasets.defects import make_defects
+    from diffpath_core.maps import MapForm, MapReference, anomaly_maps, map_candidates
+    from diffpath_core.metrics import pixel_auroc
+    from diffpath_core.validation import MAP_FAMILIES, VALIDATION_DEFECTS, select_map_forms
+
+    train = _labelled_set()
+    ex = Extraction(tiny_model, k=2, cache_dir=tmp_path, progress=False)
+    rows = select_map_forms(ex, train, n_reference=40, n_val=24, n_boot=100)
+    assert {r["family"] for r in rows} == set(MAP_FAMILIES)
+    for family in MAP_FAMILIES:
+        mine = [r for r in rows if r["family"] == family]
+        assert len(mine) == len(map_candidates(family))
+        chosen = [r for r in mine if r["chosen"]]
+        if family == "score error, SSIM off":
+            assert not chosen
+            continue
+        assert len(chosen) == 1 and chosen[0]["tied_with_best"]
+        assert chosen[0]["simplicity"] == min(r["simplicity"] for r in mine if r["tied_with_best"])
+        assert all(r["lead_low"] > 0 for r in mine if not r["tied_with_best"] and r["lead_low"] == r["lead_low"])
+    row = next(r for r in rows if r["family"] == "DiffPathV2" and r["chosen"])
+    form = MapForm(**eval(row["form"]))
+    perm = np.random.default_rng(0).permutation(len(train))
+    ref, val = np.sort(perm[:40]), np.sort(perm[40:64])
+    reference = MapReference.from_totals(ex.statistics(train.images[ref], "mapref"))
+    clean = anomaly_maps(ex.statistics(train.images[val], "maps")["map_sums"], form, reference)
+    for kind in VALIDATION_DEFECTS:
+        d = make_defects(train.images[val], kind, seed=0, source=train.name)
+        defective = anomaly_maps(ex.statistics(d.images, "maps")["map_sums"], form, reference)
+        expected = pixel_auroc(np.concatenate([defective, clean]),
+                               np.concatenate([d.masks.numpy(), np.zeros_like(d.masks.numpy())]))
+        assert row[f"pixel_auroc_{kind}"] == pytest.approx(expected, abs=1e-9), kind

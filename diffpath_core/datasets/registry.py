@@ -39,10 +39,12 @@ def register(spec: DatasetSpec) -> DatasetSpec:
 
 
 def load_dataset(name: str, split: str = "test", *, size: int = 32, channels: int = 1,
-                 limit: int | None = None, seed: int = 0, data_dir=None, download: bool = False) -> ImageSet:
+                 limit: int | None = None, seed: int = 0, data_dir=None, download: bool = False,
+                 stratify: bool = False) -> ImageSet:
     """Load a registered dataset split as an :class:`ImageSet` at ``size``×``size`` with ``channels``.
 
-    ``limit`` keeps a random subset of that many images (fixed by ``seed``), in original order.
+    ``limit`` keeps a random subset of that many images (fixed by ``seed``), in original order; with ``stratify``
+    each class keeps its share of them (:func:`stratified_draw`: every class present when ``limit`` allows).
     """
     if name not in DATASETS:
         raise InputError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))} "
@@ -56,7 +58,9 @@ def load_dataset(name: str, split: str = "test", *, size: int = 32, channels: in
         keep = np.isin(labels, spec.classes)
         raw, labels, indices = raw[keep], labels[keep], indices[keep]
     if limit is not None and limit < len(raw):
-        idx = np.sort(np.random.default_rng(seed).choice(len(raw), size=limit, replace=False))
+        rng = np.random.default_rng(seed)
+        idx = stratified_draw(labels, limit, rng) if stratify else np.sort(rng.choice(len(raw), size=limit,
+                                                                                        replace=False))
         labels, indices = labels[idx], indices[idx]
         raw = raw.subset(idx) if isinstance(raw, FileImages) else raw[idx]
     meta = {"title": spec.title, "description": spec.description, "indices": indices}
@@ -65,6 +69,21 @@ def load_dataset(name: str, split: str = "test", *, size: int = 32, channels: in
         return ImageSet(name, split, labels=labels, identity=key, meta=meta, source=raw.source(size, channels, name))
     key = identity(name, split, digest(raw), size, channels, "bilinear-aa")
     return ImageSet(name, split, labels=labels, identity=key, meta=meta, source=ArraySource(raw, size, channels, name))
+
+
+def stratified_draw(labels: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of ``limit`` images drawn without replacement, each class keeping its share (largest
+    remainders round), and every class at least one image when ``limit`` is at least the number of classes."""
+    classes, counts = np.unique(labels, return_counts=True)
+    share = limit * counts / counts.sum()
+    take = np.floor(share).astype(int)
+    take[np.argsort(-(share - take), kind="stable")[:limit - take.sum()]] += 1
+    if limit >= len(classes):
+        while (take == 0).any():  # one image for an empty class, from the class with the most
+            take[np.argmax(take)] -= 1
+            take[np.argmax(take == 0)] += 1
+    picked = [rng.choice(np.flatnonzero(labels == c), size=t, replace=False) for c, t in zip(classes, take)]
+    return np.sort(np.concatenate(picked))
 
 
 def dataset_title(name: str) -> str:
