@@ -6,8 +6,20 @@ published numbers beside this book's columns, the one-class protocol on CIFAR-10
 base model's comparison. The networks are the presets' architectures at a small width (``model_config`` JSON
 files, loaded and converted by the real code); the full-size presets are loaded in
 ``tests/test_reference_vectors.py``.
+
+The network runs as the profile ships it: bf16 autocast, channels_last, batches of 1,024 (larger than the
+256-image cache chunk) and ``torch.compile``. On a CPU the first compile of a graph costs one to two minutes
+(Inductor's C++ build, cached on disk for later processes), so there the notebooks that make the main tables
+(00, 03, 05) run compiled, every set cut into two shards padded to 12 images (one graph shape: compiled in 00,
+read from Inductor's cache in 03), and the others run the same settings eagerly (2026-12-03, this project's
+2-core machine, Inductor's cache empty: notebooks 288 s, the module 5 min 15 s). On a GPU every notebook runs
+compiled; a session with one runs it with
+
+    DIFFPATH_REHEARSAL_DEVICE=cuda .venv/bin/python -m pytest -q -s tests/test_rehearsal.py
 """
 import csv
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -16,17 +28,17 @@ from pathlib import Path
 
 import pytest
 
-from diffpath_core.book import ROOT, load_profile, run
+from diffpath_core.book import NOTEBOOKS, ROOT, load_profile, run
+from diffpath_core.cache import CHUNK_SIZE
 from paper_fakes import write_checkpoint, write_paper_datasets
 
 pytestmark = pytest.mark.slow
 
-# Tiny sizes, on the CPU: fp32 and no compilation there (bf16 autocast on a CPU without bf16 units is slower than
-# fp32 by an order of magnitude, and compiling costs a C++ build); the GPU defaults' own code paths are tested in
-# tests/test_runtime.py and tests/test_cache_resume.py.
-TINY = dict(n_train=24, n_test=16, n_ablation=24, quick_n=16, k=2, k_values=[2], sample_steps=2, device="cpu",
-            one_class_n_train=300, one_class_n_test=40, maps_n_train=24, maps_n_test=8, batch_size=32,
-            precision="fp32", compile_network=False, channels_last=False)
+DEVICE = os.environ.get("DIFFPATH_REHEARSAL_DEVICE", "cpu")
+# Tiny sizes; quick_n = n_train = n_ablation = maps_n_train = 24 images: two shards of 12 on a CPU, one graph
+TINY = dict(n_train=24, n_test=16, n_ablation=24, quick_n=24, k=2, k_values=[2], sample_steps=2, device=DEVICE,
+            one_class_n_train=300, one_class_n_test=40, maps_n_train=24, maps_n_test=8)
+COMPILED = NOTEBOOKS if DEVICE != "cpu" else ("00_quickstart", "03_main_results", "05_paper_comparison")
 
 
 @pytest.fixture(scope="module")
@@ -42,19 +54,36 @@ def rehearsed(tmp_path_factory):
     params = load_profile("paper", {**TINY, "model": str(model), "model_config": str(model_config),
                                     "second_model": str(second), "second_model_config": str(second_config),
                                     "results_dir": str(results), "cache_dir": str(site / "cache")})
+    shipped = (params["precision"], params["compile_network"], params["channels_last"])
+    assert shipped == ("bf16", True, True) and params["batch_size"] > CHUNK_SIZE, "the rehearsal runs what ships"
     monkey = pytest.MonkeyPatch()
     monkey.setenv("DIFFPATH_DATA", str(data))
     t0 = time.perf_counter()
     try:
-        run(params, output_dir=site / "book" / "generated", log=lambda *_: None)
+        run(params, only=COMPILED, output_dir=site / "book" / "generated", log=lambda *_: None)
+        eager = [n for n in NOTEBOOKS if n not in COMPILED]
+        if eager:
+            run({**params, "compile_network": False}, only=eager, output_dir=site / "book" / "generated",
+                log=lambda *_: None)
     finally:
         monkey.undo()
     seconds = time.perf_counter() - t0
     build = subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", str(site),
                             "--warningiserror", "--keep-going", "--quiet"], capture_output=True, text=True)
     assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
-    print(f"\npaper-profile rehearsal: notebooks {seconds:.0f} s")
+    print(f"\npaper-profile rehearsal on {DEVICE}: notebooks {seconds:.0f} s")
     return site, results
+
+
+def test_the_network_ran_as_the_profile_ships_it(rehearsed):
+    """Every cache entry is bf16 in channels_last with the batch as its chunk; the compiled notebooks' entries say
+    torch.compile (none fell back to eager), the others' the eager network."""
+    site, _ = rehearsed
+    settings = [json.loads(p.read_text())["settings"] for p in (site / "cache").glob("*/meta.json")]
+    assert settings and all(s["precision"] == "bf16" and s.get("layout") == "channels_last" and s["chunk_size"] == 1024
+                            for s in settings)
+    assert {s.get("network", "eager") for s in settings} == ({"torch.compile"} if DEVICE != "cpu"
+                                                            else {"torch.compile", "eager"})
 
 
 def _rows(path):
