@@ -260,8 +260,10 @@ def mean_auroc_samples(tasks, n_boot: int = N_BOOT, seed: int = BOOT_SEED, resam
     per_task = joint_bootstrap(tasks, n_boot, seed, strata)
     if not resample_pairs:
         return per_task.mean(axis=0)
+    # tasks in an order fixed by their sets, so the tasks drawn do not depend on the order they were listed in
+    order = sorted(range(len(per_task)), key=lambda t: (_as_task(tasks[t])[0].set, _as_task(tasks[t])[1].set, t))
     draws = np.random.default_rng(seed + 10_000).integers(0, len(per_task), (n_boot, len(per_task)))
-    return per_task[draws, np.arange(n_boot)[:, None]].mean(axis=1)
+    return per_task[order][draws, np.arange(n_boot)[:, None]].mean(axis=1)
 
 
 def paired_difference(tasks_a, tasks_b, n_boot: int = N_BOOT, seed: int = BOOT_SEED, resample_pairs: bool = True,

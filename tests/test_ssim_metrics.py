@@ -168,3 +168,20 @@ def test_paired_difference_sees_a_small_consistent_gap_and_not_a_fake_one():
         paired_difference([(ids, oods[0])], [(ids, oods[0])])
     fixed = mean_auroc_samples(tasks_a, n_boot=500)
     assert abs(np.mean(fixed) - np.mean([auroc(i.scores, o.scores) for i, o in tasks_a])) < 0.01
+
+
+def test_a_comparison_does_not_depend_on_the_order_of_its_pairs():
+    """Pairs resampled too: listing the same pairs in another order (a table grouped by ID set rather than in the
+    run's order) gives the same interval."""
+    rng = np.random.default_rng(3)
+    ids = {n: rng.normal(0.5, 1, 60) for n in "abc"}
+    oods = {n: rng.normal(0, 1, 60) for n in "abc"}
+    pairs = [("a", "b"), ("b", "c"), ("a", "c"), ("c", "a")]
+
+    def tasks(shift, order):
+        return [(Side(f"{i} test", ids[i] + shift), Side(f"{o} test", oods[o])) for i, o in order]
+
+    first = paired_difference(tasks(0.1, pairs), tasks(0.0, pairs), n_boot=300)
+    grouped = sorted(pairs)
+    again = paired_difference(tasks(0.1, grouped), tasks(0.0, grouped), n_boot=300)
+    assert (first["low"], first["high"]) == (again["low"], again["high"])
