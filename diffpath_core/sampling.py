@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from .models import DiffusionModel
+from .runtime import memory_format
 from .trajectory import ddim_step
 
 
@@ -16,7 +17,7 @@ def generate(model: DiffusionModel, n: int = 16, steps: int = 50, seed: int = 0)
     """
     g = torch.Generator(device="cpu").manual_seed(seed)
     size, c = model.image_size, model.in_channels
-    x = torch.randn((n, c, size, size), generator=g).to(model.device)
+    x = torch.randn((n, c, size, size), generator=g).to(model.device).contiguous(memory_format=memory_format(model))
     acp = torch.as_tensor(model.alphas_cumprod, dtype=torch.float64)
     idx = torch.linspace(model.num_train_timesteps - 1, 0, steps).round().long().tolist()
     for i, t in enumerate(idx):
