@@ -389,49 +389,45 @@ class SpatialPath(_TrajectoryDetector):
     """This project's spatial detector (not a paper's method): where on the image the path departs from the ID
     images, kept on a grid of cells instead of summed to a few numbers.
 
-    The per-pixel sums one trajectory leaves (|r|, D|r|, |x0 − x̂0|, D, |ε|, |KΔε| over the early and the late
-    steps) are averaged over cells (the "cells" reading, from the same network pass as the path statistics),
-    transformed, and scored by a density of the whole grid (whitened PCA and the compact GMM) or by a memory of
-    ID-train cells where the image is as anomalous as its worst cell (:class:`features.CellForm`). The default
+    The per-pixel sums one trajectory leaves (``|r|``, ``D|r|``, ``|x0 − x̂0|``, ``D``, ``|ε|``, ``|KΔε|`` over
+    the early and the late steps) are averaged over cells (the "cells" reading, from the same network pass as the
+    path statistics), transformed, and scored by a density of the whole grid (whitened PCA and the compact GMM)
+    or by a memory of ID-train cells where the image is as anomalous as its worst cell
+    (:class:`features.CellForm`). The default
     :data:`DEFAULT_CELLS` was chosen on the validation protocol (ID-train images only). Its anomaly map is its own
     cells: each cell's distance to the nearest ID-train cell at its position, upsampled to the image.
     """
 
     name = "SpatialPath"
 
-    def __init__(self, model="fashion_mnist", form: CellForm | None = None, **kwargs):
+    def __init__(self, model="fashion_mnist", form: CellForm = DEFAULT_CELLS, **kwargs):
         super().__init__(model, **kwargs)
-        self.form = form
+        self.form = form  # a parameter, so it is in the score cache's key (the default too)
         self._check_params()
 
     def _check_params(self) -> None:
-        if self.form is not None and not isinstance(self.form, CellForm):
+        if not isinstance(self.form, CellForm):
             raise TypeError(f"SpatialPath takes a CellForm, got {type(self.form).__name__}")
 
     @property
-    def form_(self) -> CellForm:
-        """The form in use: ``form`` if given, else the validation protocol's choice."""
-        return self.form if self.form is not None else DEFAULT_CELLS
-
-    @property
     def readings(self) -> tuple[str, ...]:
-        return self.form_.readings
+        return self.form.readings
 
     def new_density(self):
         if self.detector is not None:
             return self.detector
-        f = self.form_
+        f = self.form
         if f.density == "gmm":
             return PCAGMM(f.dims, split=f.grid ** 2 * f.n_channels, density=self.density)
         return CellMemory(f.grid ** 2, position=f.density == "knn")
 
     def features_from_statistics(self, stats):
-        return cell_features(stats, self.form_)
+        return cell_features(stats, self.form)
 
     def fit_statistics(self, stats: dict[str, np.ndarray]):
         """Fit the density on ID-train statistics, and the memory of their cells that the maps read."""
         super().fit_statistics(stats)
-        cells = cell_vectors(stats, self.form_)
+        cells = cell_vectors(stats, self.form)
         self.cell_memory_ = (self.detector_ if isinstance(self.detector_, CellMemory) and self.detector_.position
                              else CellMemory(cells.shape[1], position=True).fit(cells.reshape(len(cells), -1)))
         return self
@@ -448,8 +444,8 @@ class SpatialPath(_TrajectoryDetector):
         cell at the same position, upsampled bilinearly from the grid to the image."""
         import torch.nn.functional as F
 
-        cells = cell_vectors(stats, self.form_)
-        grid = self.form_.grid
+        cells = cell_vectors(stats, self.form)
+        grid = self.form.grid
         distances = self.cell_memory_.cell_distances(cells.reshape(len(cells), -1)).reshape(len(cells), 1, grid, grid)
         return F.interpolate(torch.as_tensor(distances, dtype=torch.float32), size=(size, size), mode="bilinear",
                              align_corners=False)[:, 0].numpy()
@@ -465,7 +461,7 @@ class SpatialPath(_TrajectoryDetector):
 
     @property
     def map_form_(self) -> CellMap:
-        return CellMap(self.form_.grid)
+        return CellMap(self.form.grid)
 
 
 class BorderMean(_TrajectoryDetector):

@@ -311,10 +311,10 @@ class Evaluation:
             self._names[where, split] = item_names(images, where[0])
             if self.extraction.progress and folder_summary(images):
                 print(folder_summary(images), file=sys.stderr)
-            got = self.extraction.statistics(
+            got = self.extraction.statistics_by_reading(
                 images, tuple(missing), desc=f"{dataset_title(source)} {split}: K={self.extraction.k} trajectories")
             for reading in missing:
-                self._stats[where, split, reading] = got
+                self._stats[where, split, reading] = got[reading]
         merged: dict[str, np.ndarray] = {}
         for reading in readings:
             merged.update(self._stats[where, split, reading])

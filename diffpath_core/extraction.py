@@ -109,6 +109,15 @@ class Extraction:
         ``None`` while its peers' chunks are missing (:mod:`diffpath_core.distributed` waits for them).
         """
         readings = (readings,) if isinstance(readings, str) else tuple(dict.fromkeys(readings))
+        parts = self.statistics_by_reading(images, readings, desc=desc, rank=rank, world=world)
+        if parts is None:  # a shard whose peers have not finished
+            return None
+        return {key: value for reading in readings for key, value in parts[reading].items()}
+
+    def statistics_by_reading(self, images: ImageSet | torch.Tensor | np.ndarray, readings: tuple[str, ...], *,
+                              desc: str | None = None, rank: int = 0, world: int = 1) -> dict[str, Statistics] | None:
+        """:meth:`statistics` kept apart per reading, {reading: statistics}: the same passes and cache entries."""
+        readings = tuple(dict.fromkeys(readings))
         name, identity, x = self._checked(images)
         for reading in readings:  # every reading named correctly before any work
             check_reading(reading)
@@ -118,7 +127,7 @@ class Extraction:
             if got is None:  # a shard whose peers have not finished
                 return None
             parts.update(got)
-        return {key: value for reading in readings for key, value in parts[reading].items()}
+        return parts
 
     def batch_statistics(self, x: torch.Tensor, reading: str | tuple[str, ...] = "path"):
         """One batch's statistics as NumPy arrays (for a tuple of readings, {reading: statistics}, one pass for the

@@ -144,7 +144,7 @@ class _Prepared:
         w_big, w_small = (w_pos, w_neg) if self.flip else (w_neg, w_pos)
         cum = np.zeros((len(w_big), len(self.order) + 1), dtype=self.dtype)
         np.cumsum(w_big[:, self.order], axis=1, out=cum[:, 1:])
-        twice = (cum[:, self.left] + cum[:, self.right]).astype(np.float64)  # 2 × (below + ½ tied), exact
+        twice = cum[:, self.left].astype(np.float64) + cum[:, self.right]  # 2 × (below + ½ tied), exact
         u = np.einsum("rn,rn->r", w_small.astype(np.float64), twice) / 2
         total = w_pos.sum(axis=1, dtype=np.float64) * w_neg.sum(axis=1, dtype=np.float64)
         if self.flip:  # u counted positives below each negative: the pairs won are the rest
@@ -236,9 +236,14 @@ def bootstrap_aurocs(score_id, score_ood, n_boot: int = N_BOOT, seed: int = BOOT
 
 
 def interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
-    """The percentile interval of bootstrap samples at ``level``."""
+    """The percentile interval of bootstrap samples at ``level``. Resamples whose AUROC is undefined (NaN: no positive
+    or no negative drawn, as when few images carry a defect) are left out: the interval is conditional on a
+    defined AUROC. All undefined is an error."""
+    samples = np.asarray(samples, dtype=np.float64)
+    if np.isnan(samples).all():
+        raise ValueError("no bootstrap resample has a defined AUROC (every one drew no positive or no negative)")
     tail = (1.0 - level) / 2 * 100
-    low, high = np.percentile(samples, [tail, 100 - tail])
+    low, high = np.nanpercentile(samples, [tail, 100 - tail])
     return float(low), float(high)
 
 

@@ -41,7 +41,7 @@ def pivot_metric(rows, metric: str, methods, pair_title) -> "pd.DataFrame":
 
 def interval_table(result, methods, pair_title) -> "pd.DataFrame":
     """pairs × methods table of AUROC intervals ("low–high" strings) from an evaluation result, with the average
-    row's interval (images resampled within pairs, pairs fixed)."""
+    row's interval (each test set resampled once per draw for every pair that shares it, pairs fixed)."""
     import pandas as pd
 
     cells = {}

@@ -1,6 +1,7 @@
 """SpatialPath, this project's spatial detector: its features against an explicit computation from the stored
 trajectory, one trajectory per image for scores and maps, a clear refusal without its reading, and its default
 as the validation protocol chose it."""
+import ast
 import csv
 from pathlib import Path
 
@@ -78,7 +79,7 @@ def test_the_worst_cell_is_where_the_map_peaks(tmp_path):
     det = SpatialPath("fashion_mnist", form=CellForm(8, "all", "log1p", "knn"), k=10, progress=False,
                       cache_dir=tmp_path).fit(train)
     stats = det.extraction().statistics(test, det.readings)
-    distances = det.detector_.cell_distances(cell_features(stats, det.form_))
+    distances = det.detector_.cell_distances(cell_features(stats, det.form))
     np.testing.assert_allclose(det.score_statistics(stats), -distances.max(1))
     maps = det.anomaly_maps(test).maps
     assert maps.shape == (6, 32, 32)
@@ -95,7 +96,7 @@ def test_statistics_without_cell_sums_are_refused_by_name(tiny_model, tiny_image
 
 
 def test_default_is_the_validation_protocols_choice():
-    from diffpath_core.validation import chosen_cell_form, spatial_candidates
+    from diffpath_core.validation import chosen_cell_form, spatial_candidates, spatial_simplicity
 
     with open(ROOT / "data" / "reference" / "spatial_selection.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -103,4 +104,17 @@ def test_default_is_the_validation_protocols_choice():
     assert {r["family"] for r in rows} == {"spatial", "reference: DiffPathV2", "reference: DiffPathV2-PS"}
     assert chosen_cell_form(rows) == DEFAULT_CELLS
     chosen = next(r for r in rows if r["chosen"] == "True")
-    assert chosen["tied_with_best"] == "True"
+    spatial = [r for r in rows if r["family"] == "spatial"]
+    tied = [r for r in spatial if r["tied_with_best"] == "True"]
+    assert all((r["tied_with_best"] == "True") == (float(r["lead_low"]) <= 0) for r in spatial)
+    assert chosen in tied and ast.literal_eval(chosen["simplicity"]) == min(ast.literal_eval(r["simplicity"])
+                                                                            for r in tied), "the simplest tied form"
+    assert spatial_simplicity(DEFAULT_CELLS) == ast.literal_eval(chosen["simplicity"])
+
+
+def test_the_form_is_in_the_score_caches_key():
+    """Scores are cached by the detector's token: another form (the default included) must give another key."""
+    from dataclasses import replace
+
+    assert SpatialPath().token() == SpatialPath(form=DEFAULT_CELLS).token()
+    assert SpatialPath().token() != SpatialPath(form=replace(DEFAULT_CELLS, transform="sqrt")).token()

@@ -9,9 +9,10 @@ import torch
 from diffpath_core import DEFAULT_V2, DiffPathV2, Extraction, PaperForm, VariantFormulation, auroc
 from diffpath_core.datasets import ImageSet
 from diffpath_core.metrics import Side
-from diffpath_core.validation import (SIMPLICITY, best_paper_form, mosaics, paper_form_candidates,
-                                      select_formulation, simplicity, synthetic_outliers, tie_band_choice,
-                                      validation_split)
+from diffpath_core.metrics import interval, mean_auroc_samples
+from diffpath_core.validation import (CORRUPTIONS, SIMPLICITY, best_paper_form, detector_for, mosaics,
+                                      paper_form_candidates, select_formulation, simplicity, synthetic_outliers,
+                                      tie_band_choice, validation_data, validation_split)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -118,6 +119,24 @@ def test_select_formulation_end_to_end(tiny_model, tmp_path):
     assert row["auroc_held-out classes"] == pytest.approx(auroc(det.score_statistics(part["val"]),
                                                                 det.score_statistics(part["held_out"])))
     assert best_paper_form(rows) == PaperForm(**eval(chosen[0]["switches"]))
+    # the intervals: one draw of the validation images for every kind (a corruption drawn with the image it was
+    # made from), one of the mosaics and one of the held-out classes, the same draws for every candidate
+    _, part_stats, outliers = validation_data(ex, train, ("path",))
+    samples = {}
+    for c in candidates:
+        det = detector_for(c).fit_statistics(part_stats["fit"])
+        s_val = det.score_statistics(part_stats["val"])
+        tasks = [(Side("validation", s_val), Side("validation" if kind in CORRUPTIONS else kind,
+                                                   det.score_statistics(o))) for kind, o in outliers.items()]
+        samples[c] = mean_auroc_samples(tasks, 200, 0)
+    for c in candidates:
+        r = next(r for r in rows if r["label"] == c.label())
+        assert (r["mean_low"], r["mean_high"]) == interval(samples[c])
+    best = max([c for c in candidates if isinstance(c, PaperForm) and c.weight != "none"],
+               key=lambda c: next(r for r in rows if r["label"] == c.label())["mean_auroc"])
+    for c in candidates:
+        r = next(r for r in rows if r["label"] == c.label())
+        assert (r["lead_low"], r["lead_high"]) == interval(samples[best] - samples[c])
 
 
 def test_default_is_the_validation_protocols_choice():
@@ -129,7 +148,8 @@ def test_default_is_the_validation_protocols_choice():
     assert best_paper_form(rows) == DEFAULT_V2
 
 
-def test_select_map_forms_chooses_the_simplest_tied_form_and_its_numbers_recompute(tiny_model, tmp_path):
+def test_select_map_forms_chooses_the_simplest_tied_form_and_its_numbers_recompute(tiny_model, tmp_path,
+                                                                                    monkeypatch):
     """The maps' protocol on a toy set: every form of every family ranked, one default per eligible family (none
     for the SSIM-off ablation), each the simplest form tied with its family's best; the chosen DiffPathV2 row's
     pixel AUROCs equal a recomputation from the same split, defects and reference."""
@@ -138,6 +158,15 @@ def test_select_map_forms_chooses_the_simplest_tied_form_and_its_numbers_recompu
     from diffpath_core.metrics import pixel_auroc
     from diffpath_core.validation import MAP_FAMILIES, VALIDATION_DEFECTS, select_map_forms
 
+    import diffpath_core.metrics as metrics
+
+    calls, real = [], metrics.pixel_auroc_samples
+
+    def recorded(maps, masks, n_boot=200, seed=0, units=None, set_key="images"):
+        calls.append((set_key, seed, units))
+        return real(maps, masks, n_boot, seed, units=units, set_key=set_key)
+
+    monkeypatch.setattr(metrics, "pixel_auroc_samples", recorded)
     train = _labelled_set()
     ex = Extraction(tiny_model, k=2, cache_dir=tmp_path, progress=False)
     rows = select_map_forms(ex, train, n_reference=40, n_val=24, n_boot=100)
@@ -151,7 +180,9 @@ def test_select_map_forms_chooses_the_simplest_tied_form_and_its_numbers_recompu
             continue
         assert len(chosen) == 1 and chosen[0]["tied_with_best"]
         assert chosen[0]["simplicity"] == min(r["simplicity"] for r in mine if r["tied_with_best"])
-        assert all(r["lead_low"] > 0 for r in mine if not r["tied_with_best"] and r["lead_low"] == r["lead_low"])
+    # every pixel bootstrap drew the same validation images: one key, one seed, a defect with its clean original
+    assert calls and {(key, seed) for key, seed, _ in calls} == {("validation images", 0)}
+    assert all(np.array_equal(units, np.r_[np.arange(24), np.arange(24)]) for _, _, units in calls)
     row = next(r for r in rows if r["family"] == "DiffPathV2" and r["chosen"])
     form = MapForm(**eval(row["form"]))
     perm = np.random.default_rng(0).permutation(len(train))
