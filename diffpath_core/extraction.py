@@ -30,7 +30,7 @@ from .errors import InputError
 from .models import DiffusionModel
 from .progress import progress_bar
 from .runtime import cpu_workers, layout_name, memory_format, run_sharded, tune_cpu_allocator
-from .statistics import PASSES, TOTALS, batch_readings, check_reading, to_numpy
+from .statistics import PASSES, RIDERS, TOTALS, batch_readings, check_reading, to_numpy
 from .store import atomic_savez, concatenate, digest
 from .trajectory import check_precision
 
@@ -123,7 +123,10 @@ class Extraction:
             check_reading(reading)
         parts: dict[str, Statistics] = {}
         for family in dict.fromkeys(PASSES[r] for r in readings):  # readings of one pass share its trajectories
-            got = self._readings(name, identity, x, [r for r in readings if PASSES[r] == family], desc, rank, world)
+            wanted = [r for r in readings if PASSES[r] == family]
+            riders = ([r for r in RIDERS if PASSES[r] == family and r not in wanted]
+                      if self.cache_dir is not None and world == 1 else [])
+            got = self._readings(name, identity, x, wanted, desc, rank, world, riders)
             if got is None:  # a shard whose peers have not finished
                 return None
             parts.update(got)
@@ -188,9 +191,10 @@ class Extraction:
                 for r in readings}
 
     def _readings(self, name: str, identity: str, images: ImageSet, readings: list[str], desc, rank: int,
-                  world: int) -> dict[str, Statistics] | None:
+                  world: int, riders=()) -> dict[str, Statistics] | None:
         """The readings of one pass: each its own cache entry, the chunks any of them lacks computed once for all.
-        The next chunk's images are produced (decoded) in a background thread while the network works on this one."""
+        The next chunk's images are produced (decoded) in a background thread while the network works on this one.
+        ``riders`` (:data:`statistics.RIDERS`) are cached from every chunk computed, never computed for themselves."""
         n = len(images)
         label = (desc or f"{name}: K={self.k} trajectories") + "".join(f" ({r})" for r in readings if r != "path")
         chunk = self.effective_chunk_size
@@ -208,22 +212,27 @@ class Extraction:
             return {r: concatenate([c[r] for c in chunks]) for r in readings}
         content = images.content_hashes()  # checked against each entry's record: no entry is read for other images
         entries = {r: CacheEntry(Path(self.cache_dir) / f"{name}-{self.entry_key(identity, r)}", n, chunk, content)
-                   for r in readings}
-        done = {r: entry.load() for r, entry in entries.items()}
+                   for r in [*readings, *riders]}
+        done = {r: entries[r].load() for r in readings}
         pending = [r for r in readings if done[r] is None]
         for r in pending:
             entries[r].open(self._meta(name, identity, n, r))
         todo = sorted({i for r in pending for i in entries[r].missing(mine)})
+        if todo:  # the pass runs: its riders are kept from the chunks it computes
+            riding = [r for r in riders if entries[r].load() is None]
+            for r in riding:
+                entries[r].open(self._meta(name, identity, n, r))
+            pending += riding
         bar = progress_bar(total=len(mine), initial=len(mine) - len(todo), desc=label, unit="chunk",
                            progress=self.progress)
         for i, x in _prefetched(images, todo, chunk):
             t0 = time.perf_counter()
             lo, hi = chunk_bounds(i, chunk, n)
-            with contextlib.ExitStack() as locks:  # the chunk's lock in every entry, in a fixed order
-                for r in pending:
+            with contextlib.ExitStack() as locks:  # the chunk's lock in every entry, in one order for all processes
+                for r in sorted(pending):
                     locks.enter_context(entries[r].chunk_lock(i))
                 need = [r for r in pending if not entries[r].chunk_path(i).exists()]
-                if need:  # another process may have written them while this one waited
+                if any(r not in riders for r in need):  # another process may have written them while this one waited
                     computed = self._compute(images, lo, hi, need, x)
                     for r in need:
                         atomic_savez(entries[r].chunk_path(i), computed[r])
@@ -231,6 +240,9 @@ class Extraction:
             bar.set_postfix(img_per_s=f"{(hi - lo) / (time.perf_counter() - t0):.1f}")
         bar.close()
         for r in pending:
+            if r in riders:
+                entries[r].merge()  # complete once every chunk is there (an earlier partial run may lack some)
+                continue
             done[r] = entries[r].merge()
             if done[r] is None:
                 return None

@@ -31,6 +31,10 @@ READINGS = ("path", "fresh", "maps", "mapref", "cells")  # what one extraction c
 # the path departs, compactly, for this project's spatial detector). Readings of one pass share its network
 # evaluations.
 PASSES = {"path": "path", "maps": "path", "mapref": "path", "cells": "path", "fresh": "fresh"}
+# Readings a cached pass keeps even when it runs for another one: the cells cost about 1 % of the path pass's time
+# and 3 KB an image, so a later request for them (SpatialPath after DiffPathV2) reads the cache instead of running
+# the trajectories again.
+RIDERS = ("cells",)
 CELL_GRID = 8  # the "cells" reading's grid: 8 × 8 cells whatever the image size (4 × 4 pixels at 32 × 32)
 TOTALS = ("mapref",)  # readings whose rows are sums over a batch, not one row per image
 ERROR_MAPS = ("score", "eps")   # the score error r_k, or the raw ε_k (an ablation)

@@ -30,7 +30,27 @@ def test_statistics_land_in_the_entry_the_key_names(tiny_model, tiny_images, tmp
 
     names = sorted(p.name for p in tmp_path.iterdir())
     identity = tensor_identity(tiny_images)
-    assert names == sorted(f"images-{ex.entry_key(identity, r)}" for r in ("path", "fresh"))
+    # the cells ride in the path pass (statistics.RIDERS): kept in their own entry though nobody asked yet
+    assert names == sorted(f"images-{ex.entry_key(identity, r)}" for r in ("path", "fresh", "cells"))
+
+
+def test_a_rider_is_kept_from_the_pass_that_ran_and_read_later_without_a_pass(tiny_model, tiny_images, tmp_path,
+                                                                               monkeypatch):
+    """SpatialPath after DiffPathV2 on the same images: the cells were kept when the path pass ran, so asking for
+    them runs no trajectory, and they equal cells computed on their own (no cache)."""
+    ex = Extraction(tiny_model, k=2, cache_dir=tmp_path, progress=False)
+    computed = []
+    compute = Extraction._compute
+    monkeypatch.setattr(Extraction, "_compute",
+                        lambda self, *a: computed.append(tuple(a[3])) or compute(self, *a))
+    ex.statistics(tiny_images, "path")
+    assert computed == [("path", "cells")]
+    cells = ex.statistics(tiny_images, "cells")
+    assert computed == [("path", "cells")], "the cells were read from the cache, no second pass"
+    alone = Extraction(tiny_model, k=2, progress=False).statistics(tiny_images, "cells")
+    np.testing.assert_array_equal(cells["cell_sums"], alone["cell_sums"])
+    ex.statistics(tiny_images, "fresh")  # another pass: no rider of its own
+    assert computed[-1] == ("fresh",)
 
 
 def test_constructors_do_no_work_and_scoring_needs_no_model(tiny_model, tiny_images):

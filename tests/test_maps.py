@@ -197,7 +197,8 @@ def test_maps_shape_determinism_one_pass_and_a_planted_square(tmp_path):
         scores, maps = det.score_and_maps(test)
     finally:
         Extraction.batch_statistics = real
-    assert [n for n, _ in calls] == [6] and set(calls[0][1]) == {"path", "maps"}, "one pass for both"
+    assert [n for n, _ in calls] == [6] and set(calls[0][1]) == {"path", "maps", "cells"}, \
+        "one pass for both (and the cells that ride in it)"
     assert maps.maps.shape == (6, 32, 32) and maps.original is None
     np.testing.assert_array_equal(det.anomaly_maps(test).maps, maps.maps)
     np.testing.assert_allclose(scores, det.score_samples(test))
