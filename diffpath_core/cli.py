@@ -128,23 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     _bits_option(e)
     _common(e)
 
-    s = sub.add_parser("select", help="rank DiffPathV2's open switches (and this project's variants) on the "
-                                      "validation protocol (ID data only)")
-    s.add_argument("--id", dest="id_set", default="fashion_mnist")
-    s.add_argument("--n-train", type=int, default=2000)
-    s.add_argument("--density", default="compact", choices=_Listed("detectors", "DENSITIES"))
-    s.add_argument("--out", default=None, help="write the ranking as CSV")
-    _bits_option(s)
-    _common(s)
-
-    ss = sub.add_parser("select-spatial", help="rank the candidates of this project's spatial detector (SpatialPath) "
-                                              "on the validation protocol (ID data only)")
-    ss.add_argument("--id", dest="id_set", default="fashion_mnist")
-    ss.add_argument("--n-train", type=int, default=2000)
-    ss.add_argument("--density", default="compact", choices=_Listed("detectors", "DENSITIES"))
-    ss.add_argument("--out", default=None, help="write the ranking as CSV")
-    _bits_option(ss)
-    _common(ss)
+    for command, what in (("select", "DiffPathV2's open switches (and this project's variants)"),
+                          ("select-spatial", "the candidates of this project's spatial detector (SpatialPath)")):
+        s = sub.add_parser(command, help=f"rank {what} on the validation protocol (ID data only)")
+        s.add_argument("--id", dest="id_set", default="fashion_mnist")
+        s.add_argument("--n-train", type=int, default=2000)
+        s.add_argument("--density", default="compact", choices=_Listed("detectors", "DENSITIES"))
+        s.add_argument("--out", default=None, help="write the ranking as CSV")
+        _bits_option(s)
+        _common(s)
 
     sm = sub.add_parser("select-maps", help="rank the anomaly-map forms of each method on ID images and synthetic "
                                            "validation defects (ID data only)")
@@ -287,52 +279,42 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_select(args) -> int:
+def _ranked_selection(args, select, family: str, who: str) -> int:
+    """Run a selection protocol on the ID set's training images and print its ranking, marking the chosen row
+    and the candidates of ``family`` tied with the best; with ``--out`` write the rows as CSV."""
     from .datasets import load_images
     from .evaluate import write_rows_csv
-    from .validation import select_formulation
 
     model = _model(args)
     train = load_images(args.id_set, "train", size=model.image_size, channels=model.in_channels, limit=args.n_train,
                         resize_images=args.resize, convert=args.convert_channels, bits=args.bits)
-    rows = select_formulation(_extraction(args, model), train, density=args.density)
-    print(f"{'rank':>4}  {'mean AUROC (95% interval)':>26}  {'lead of best':>12}  {'':<6}  {'family':<11} switches")
+    rows = select(_extraction(args, model), train, density=args.density)
+    print(f"{'rank':>4}  {'mean AUROC (95% interval)':>26}  {'lead of best':>12}  {'':<6}  candidate")
     for i, r in enumerate(rows, 1):
-        mark = "CHOSEN" if r["chosen"] else ("tied" if r["tied_with_best"] and r["family"] == "paper form" else "")
+        mark = "CHOSEN" if r["chosen"] else ("tied" if r["tied_with_best"] and r["family"] == family else "")
+        what = r["label"] if r["family"] == family else f"{r['family']}: {r['label']}"
         print(f"{i:>4}  {r['mean_auroc']:.4f} ({r['mean_low']:.4f}–{r['mean_high']:.4f})  {r['lead_of_best']:>12.4f}  "
-              f"{mark:<6}  {r['family'][:11]:<11} {r['label']}")
+              f"{mark:<6}  {what}")
     chosen = next(r for r in rows if r["chosen"])
-    print(f"\nDiffPathV2's default: {chosen['label']} (the simplest paper-form candidate whose gap to the best is "
-          f"inside the 95% paired bootstrap interval; {rows[0]['n_fit']} fit, {rows[0]['n_val']} validation and "
+    print(f"\n{who}'s default: {chosen['label']} (the simplest {family} candidate whose gap to the best is inside the "
+          f"95% paired bootstrap interval; {rows[0]['n_fit']} fit, {rows[0]['n_val']} validation and "
           f"{rows[0]['n_held_out']} held-out-class images)")
     if args.out:
         write_rows_csv(rows, args.out)
         print(f"wrote {args.out}")
     return 0
+
+
+def cmd_select(args) -> int:
+    from .validation import select_formulation
+
+    return _ranked_selection(args, select_formulation, "paper form", "DiffPathV2")
 
 
 def cmd_select_spatial(args) -> int:
-    from .datasets import load_images
-    from .evaluate import write_rows_csv
     from .validation import select_spatial_form
 
-    model = _model(args)
-    train = load_images(args.id_set, "train", size=model.image_size, channels=model.in_channels, limit=args.n_train,
-                        resize_images=args.resize, convert=args.convert_channels, bits=args.bits)
-    rows = select_spatial_form(_extraction(args, model), train, density=args.density)
-    print(f"{'rank':>4}  {'mean AUROC (95% interval)':>26}  {'lead of best':>12}  {'':<6}  form")
-    for i, r in enumerate(rows, 1):
-        mark = "CHOSEN" if r["chosen"] else ("tied" if r["tied_with_best"] and r["family"] == "spatial" else "")
-        print(f"{i:>4}  {r['mean_auroc']:.4f} ({r['mean_low']:.4f}–{r['mean_high']:.4f})  {r['lead_of_best']:>12.4f}  "
-              f"{mark:<6}  {r['label'] if r['family'] == 'spatial' else r['family']}")
-    chosen = next(r for r in rows if r["chosen"])
-    print(f"\nSpatialPath's default: {chosen['label']} (the simplest candidate whose gap to the best is inside the 95% "
-          f"paired bootstrap interval; {rows[0]['n_fit']} fit, {rows[0]['n_val']} validation and "
-          f"{rows[0]['n_held_out']} held-out-class images)")
-    if args.out:
-        write_rows_csv(rows, args.out)
-        print(f"wrote {args.out}")
-    return 0
+    return _ranked_selection(args, select_spatial_form, "spatial", "SpatialPath")
 
 
 def cmd_select_maps(args) -> int:

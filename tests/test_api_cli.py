@@ -170,3 +170,39 @@ def test_cli_reports_errors_cleanly(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("diffpath: error:") and f"checkpoint {missing} not found" in err
+
+
+@pytest.mark.parametrize("command, protocol, family, who", [
+    ("select", "select_formulation", "paper form", "DiffPathV2"),
+    ("select-spatial", "select_spatial_form", "spatial", "SpatialPath")])
+def test_cli_selection_prints_the_ranking_and_writes_it(command, protocol, family, who, tiny_model_dir, tmp_path,
+                                                       capsys, monkeypatch):
+    """The selection commands' wiring: the protocol gets the ID set's training images and the options, the
+    ranking marks the chosen row and the tied rows of the family, and --out writes every row (the protocols
+    themselves are tested in test_validation.py and test_spatial.py)."""
+    import diffpath_core.validation as validation
+
+    seen = {}
+
+    def fake(extraction, train, density):
+        seen.update(k=extraction.k, n=len(train), density=density)
+        base = {"mean_low": 0.7, "mean_high": 0.9, "lead_low": -0.01, "lead_high": 0.02, "n_fit": 7, "n_val": 3,
+                "n_held_out": 2}
+        return [{**base, "label": "best", "family": family, "mean_auroc": 0.85, "lead_of_best": 0.0,
+                 "tied_with_best": True, "chosen": False},
+                {**base, "label": "simple", "family": family, "mean_auroc": 0.84, "lead_of_best": 0.01,
+                 "tied_with_best": True, "chosen": True},
+                {**base, "label": "other", "family": "reference", "mean_auroc": 0.80, "lead_of_best": 0.05,
+                 "tied_with_best": True, "chosen": False}]
+
+    monkeypatch.setattr(validation, protocol, fake)
+    out = tmp_path / "ranking.csv"
+    code = main([command, "--model", str(tiny_model_dir), "--id", "digits", "--n-train", "30", "-k", "3",
+                 "--density", "reference", "--out", str(out), "--quiet"])
+    printed = capsys.readouterr().out.splitlines()
+    assert code == 0 and seen == {"k": 3, "n": 30, "density": "reference"}
+    ranking = [line.split() for line in printed if line[:4].strip().isdigit()]
+    assert [r[-1] for r in ranking] == ["best", "simple", "other"]
+    assert ranking[0][-2] == "tied" and ranking[1][-2] == "CHOSEN" and "tied" not in ranking[2]
+    assert any(line.startswith(f"{who}'s default: simple") for line in printed)
+    assert len(out.read_text().splitlines()) == 4
