@@ -290,7 +290,8 @@ def paired_difference(tasks_a, tasks_b, n_boot: int = N_BOOT, seed: int = BOOT_S
     observed = float(np.mean([auroc(a.scores, b.scores) for a, b in tasks_a])
                      - np.mean([auroc(a.scores, b.scores) for a, b in tasks_b]))
     low, high = interval(diff, level)
-    return {"difference": observed, "low": low, "high": high, "share_a_ahead": float(np.mean(diff > 0)),
+    defined = diff[~np.isnan(diff)]  # as the interval: over the resamples whose AUROCs are defined
+    return {"difference": observed, "low": low, "high": high, "share_a_ahead": float(np.mean(defined > 0)),
             "n_pairs": len(tasks_a), "n_boot": n_boot, "seed": seed, "resample_pairs": resample_pairs}
 
 

@@ -92,6 +92,7 @@ def test_cache_hit_and_key(tiny_model, tiny_images, tmp_path):
     Extraction(tiny_model, k=4, cache_dir=tmp_path, progress=False).statistics(tiny_images)
     Extraction(tiny_model, k=3, cache_dir=tmp_path, progress=False).statistics(tiny_images[:-1])
     assert len(path_entries(tmp_path)) == 3, "other K or other images must not hit the same entry"
+    assert len(list(tmp_path.iterdir())) == 6, "nor the cells kept beside each"
     assert not list(Path(tmp_path).rglob("*.tmp"))
 
 

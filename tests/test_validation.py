@@ -137,6 +137,7 @@ def test_select_formulation_end_to_end(tiny_model, tmp_path):
     for c in candidates:
         r = next(r for r in rows if r["label"] == c.label())
         assert (r["lead_low"], r["lead_high"]) == interval(samples[best] - samples[c])
+        assert r["tied_with_best"] == (r["lead_low"] <= 0), "tied exactly when the lead's interval reaches 0"
 
 
 def test_default_is_the_validation_protocols_choice():
@@ -180,6 +181,8 @@ def test_select_map_forms_chooses_the_simplest_tied_form_and_its_numbers_recompu
             continue
         assert len(chosen) == 1 and chosen[0]["tied_with_best"]
         assert chosen[0]["simplicity"] == min(r["simplicity"] for r in mine if r["tied_with_best"])
+        for r in mine:  # tied exactly when the lead's interval reaches 0 (not resampled: far behind, not tied)
+            assert r["tied_with_best"] == (not np.isnan(r["lead_low"]) and r["lead_low"] <= 0)
     # every pixel bootstrap drew the same validation images: one key, one seed, a defect with its clean original
     assert calls and {(key, seed) for key, seed, _ in calls} == {("validation images", 0)}
     assert all(np.array_equal(units, np.r_[np.arange(24), np.arange(24)]) for _, _, units in calls)
