@@ -393,9 +393,9 @@ class SpatialPath(_TrajectoryDetector):
     the early and the late steps) are averaged over cells (the "cells" reading, from the same network pass as the
     path statistics), transformed, and scored by a density of the whole grid (whitened PCA and the compact GMM)
     or by a memory of ID-train cells where the image is as anomalous as its worst cell
-    (:class:`features.CellForm`). The default
-    :data:`DEFAULT_CELLS` was chosen on the validation protocol (ID-train images only). Its anomaly map is its own
-    cells: each cell's distance to the nearest ID-train cell at its position, upsampled to the image.
+    (:class:`features.CellForm`). The default :data:`DEFAULT_CELLS` was chosen on the validation protocol (ID-train
+    images only). Its anomaly map is its own cells: each cell's distance to the nearest ID-train cell at its
+    position, upsampled to the image.
     """
 
     name = "SpatialPath"
